@@ -1,0 +1,20 @@
+import os
+
+# Simulate an 8-device mesh on CPU for every sharded test; must precede the jax import.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+E1_TEST_DATA = SHARED / "data" / "e1-test"
+
+
+@pytest.fixture(scope="session")
+def e1_test_data() -> Path:
+    """The original's evaluation sets, read from ../shared; skip where absent."""
+    if not E1_TEST_DATA.is_dir():
+        pytest.skip("../shared/data/e1-test is not present")
+    return E1_TEST_DATA
