@@ -1,0 +1,72 @@
+"""Dataset names -> records: the original's evaluation sets by name, files, Hub datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import e1jax
+from e1jax.data.hub import HUB_PREFIX, load_hub_dataset, parse_hub_name
+from e1jax.data.readers import SUPPORTED_SUFFIXES, Record, read_dataset_dir, read_dataset_file
+from e1jax.errors import E1Error
+
+DATA_DIR_ENV = "E1JAX_DATA_DIR"
+
+# The original's evaluation sets, relative to the data root (its data/e1-test folder).
+KNOWN_DATASETS: dict[str, str] = {
+    "aime": "math/aime.json",
+    "amc": "math/amc.json",
+    "math": "math/math.json",  # MATH500
+    "minerva": "math/minerva.json",
+    "olympiad_bench": "math/olympiad_bench.json",
+    "gsm8k": "math/gsm8k.json",
+    "codeforces": "code/codeforces.json",
+}
+
+
+def default_data_root() -> Path:
+    """$E1JAX_DATA_DIR, else ../shared/data/e1-test next to the repository checkout."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        root = Path(env).expanduser()
+        if not root.is_dir():
+            raise E1Error(f"{DATA_DIR_ENV}={env} is not a directory")
+        return root
+    checkout = Path(e1jax.__file__).resolve().parents[1]
+    root = checkout.parent / "shared" / "data" / "e1-test"
+    if not root.is_dir():
+        raise E1Error(f"no evaluation data: set {DATA_DIR_ENV} to the folder holding "
+                      f"math/*.json and code/codeforces.json (looked in {root})")
+    return root
+
+
+def known_dataset_path(name: str, root: str | Path | None = None) -> Path:
+    """The file of a known evaluation set under `root` (default: default_data_root())."""
+    if name not in KNOWN_DATASETS:
+        raise E1Error(f"unknown dataset '{name}'; known: {', '.join(KNOWN_DATASETS)}")
+    path = Path(root if root is not None else default_data_root()) / KNOWN_DATASETS[name]
+    if not path.is_file():
+        raise E1Error(f"dataset file for '{name}' not found: {path}")
+    return path
+
+
+def resolve_dataset(name_or_path: str | Path, *, root: str | Path | None = None) -> tuple[str, list[Record]]:
+    """A known name, a file, a folder of files, or hf://owner/name[:split] -> (name, records)."""
+    spec = str(name_or_path)
+    if spec in KNOWN_DATASETS:
+        return spec, read_dataset_file(known_dataset_path(spec, root), data_source=spec)
+    if spec.startswith(HUB_PREFIX):
+        repo_id, split = parse_hub_name(spec)
+        return repo_id.split("/")[1], load_hub_dataset(repo_id, split=split)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.stem, read_dataset_file(path)
+    if path.is_dir():
+        return path.name, read_dataset_dir(path, data_source=path.name)
+    if path.suffix or os.sep in spec or "/" in spec:
+        if path.suffix and path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise E1Error(f"unsupported dataset file type '{path.suffix}' for {spec} "
+                          f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+        raise E1Error(f"dataset file not found: {spec}")
+    raise E1Error(f"unknown dataset '{spec}'; known: {', '.join(KNOWN_DATASETS)} "
+                  f"(or give a {'/'.join(SUPPORTED_SUFFIXES)} file, a folder, or {HUB_PREFIX}owner/name)")

@@ -1,0 +1,247 @@
+"""Qwen2 / Qwen2.5 / Qwen3 decoder in Flax linen, layers under nn.scan.
+
+`Qwen(config).apply({"params": params}, tokens, positions, attention_mask, cache=None)`
+serves full-sequence scoring (no cache), prefill and single-token decode (with a cache).
+Returns fp32 logits and the updated cache.
+
+Cache layout: {"k", "v": (layers, batch, cache_len, kv_heads, head_dim),
+"mask": (batch, cache_len) bool (slot holds a real token), "index": int32 next slot}.
+All sequences of a batch advance through the same slots (left padding), so one
+scalar index serves the whole batch; positions (for RoPE) are per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from e1jax.models.config import ModelConfig
+from e1jax.sharding import constrain
+
+Cache = dict[str, jax.Array]
+
+
+def _dtype(name: str) -> Any:
+    return jnp.dtype(name)
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init) -> jax.Array:
+    cfg: ModelConfig = module.config
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, _dtype(cfg.param_dtype))
+
+
+class RMSNorm(nn.Module):
+    config: ModelConfig
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        scale = _param(self, "scale", (dim,), (self.axis_name,), nn.initializers.ones)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(var + self.config.rms_norm_eps)).astype(x.dtype)
+        return scale.astype(x.dtype) * normed
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding (rotate-half layout, as in transformers). x: (B, T, H, D)."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, D/2)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    x32 = x.astype(jnp.float32)
+    half = head_dim // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, key_mask, layer_cache, cache_index):
+        cfg = self.config
+        dt = _dtype(cfg.dtype)
+        e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        init = nn.initializers.normal(0.02)
+        q = self._project(x, "q_proj", h, "heads")
+        k = self._project(x, "k_proj", kv, "kv_heads")
+        v = self._project(x, "v_proj", kv, "kv_heads")
+        if cfg.qk_norm:
+            q = RMSNorm(cfg, axis_name="head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg, axis_name="head_dim", name="k_norm")(k)
+        q = rope(q, positions, cfg.rope_theta)
+        k = rope(k, positions, cfg.rope_theta)
+
+        if layer_cache is not None:
+            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0))
+            k_all = constrain(k_all, ("batch", "cache_length", "kv_heads", "head_dim"))
+            v_all = constrain(v_all, ("batch", "cache_length", "kv_heads", "head_dim"))
+            new_cache = {"k": k_all, "v": v_all}
+        else:
+            k_all, v_all, new_cache = k, v, None
+
+        b, t = x.shape[:2]
+        groups = h // kv
+        qg = q.reshape(b, t, kv, groups, d)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_all.astype(dt), preferred_element_type=jnp.float32)
+        scores = scores * (d**-0.5)
+        scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(dt)).reshape(b, t, h, d)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))
+        wo = _param(self, "o_proj", (h, d, e), ("heads", "head_dim", "embed"), init)
+        y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
+        return y, new_cache
+
+    def _project(self, x, name, heads, head_axis):
+        cfg = self.config
+        dt = _dtype(cfg.dtype)
+        e, d = cfg.hidden_size, cfg.head_dim
+        kernel = _param(self, f"{name}_kernel", (e, heads, d), ("embed", head_axis, "head_dim"), nn.initializers.normal(0.02))
+        y = jnp.einsum("bte,ehd->bthd", x, kernel.astype(dt))
+        if cfg.qkv_bias:
+            bias = _param(self, f"{name}_bias", (heads, d), (head_axis, "head_dim"), nn.initializers.zeros)
+            y = y + bias.astype(dt)
+        return constrain(y, ("batch", "length", head_axis, "head_dim"))
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dt = _dtype(cfg.dtype)
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        init = nn.initializers.normal(0.02)
+        gate = _param(self, "gate_proj", (e, f), ("embed", "mlp"), init)
+        up = _param(self, "up_proj", (e, f), ("embed", "mlp"), init)
+        down = _param(self, "down_proj", (f, e), ("mlp", "embed"), init)
+        g = jnp.einsum("bte,ef->btf", x, gate.astype(dt))
+        u = jnp.einsum("bte,ef->btf", x, up.astype(dt))
+        hidden = constrain(jax.nn.silu(g) * u, ("batch", "length", "mlp"))
+        return jnp.einsum("btf,fe->bte", hidden, down.astype(dt))
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, key_mask, cache_index):
+        cfg = self.config
+        h = RMSNorm(cfg, name="input_layernorm")(x)
+        attn, new_cache = Attention(cfg, name="self_attn")(h, positions, key_mask, layer_cache, cache_index)
+        x = x + attn
+        h = RMSNorm(cfg, name="post_attention_layernorm")(x)
+        x = x + MLP(cfg, name="mlp")(h)
+        x = constrain(x, ("batch", "length", "embed"))
+        return x, new_cache
+
+
+def _remat_policy(name: str):
+    if name == "dots":
+        return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    return None
+
+
+class Qwen(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        attention_mask: jax.Array,
+        cache: Cache | None = None,
+        return_hidden: bool = False,
+    ):
+        cfg = self.config
+        dt = _dtype(cfg.dtype)
+        embedding = _param(self, "embed_tokens", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), nn.initializers.normal(0.02))
+        x = jnp.take(embedding, tokens, axis=0).astype(dt)
+        x = constrain(x, ("batch", "length", "embed"))
+        attention_mask = attention_mask.astype(bool)
+        t = tokens.shape[1]
+
+        if cache is None:
+            query_slots = jnp.arange(t)
+            key_valid = attention_mask
+            cache_index = jnp.int32(0)
+            layer_caches = None
+        else:
+            cache_index = cache["index"]
+            query_slots = cache_index + jnp.arange(t)
+            key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
+            layer_caches = {"k": cache["k"], "v": cache["v"]}
+        key_slots = jnp.arange(key_valid.shape[1])
+        causal = key_slots[None, :] <= query_slots[:, None]  # (T, S)
+        key_mask = key_valid[:, None, :] & causal[None, :, :]  # (B, T, S)
+
+        layer_cls = DecoderLayer
+        if cfg.remat != "none":
+            layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat), prevent_cse=False)
+        stack = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            out_axes=0,
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+        x, new_layer_caches = stack(x, layer_caches, positions, key_mask, cache_index)
+        x = RMSNorm(cfg, name="norm")(x)
+        if return_hidden:
+            return x
+        logits = self.logits(x, embedding)
+        if cache is None:
+            return logits, None
+        new_cache = {
+            "k": new_layer_caches["k"],
+            "v": new_layer_caches["v"],
+            "mask": key_valid,
+            "index": cache_index + t,
+        }
+        return logits, new_cache
+
+    def logits(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+        cfg = self.config
+        if cfg.tie_word_embeddings:
+            head = embedding.T
+        else:
+            head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), nn.initializers.normal(0.02))
+        logits = jnp.einsum("bte,ev->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    dt = _dtype(dtype or config.dtype)
+    return {
+        "k": jnp.zeros(shape, dt),
+        "v": jnp.zeros(shape, dt),
+        "mask": jnp.zeros((batch, length), bool),
+        "index": jnp.int32(0),
+    }
+
+
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "mask": ("batch", "cache_length"),
+    "index": (),
+}
+
+
+def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """Positions that skip left padding: the first real token is at position `offset`."""
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) + offset

@@ -1,0 +1,146 @@
+"""Device mesh (data, fsdp, tensor) and the one table mapping logical axes onto it.
+
+Logical names used across e1jax:
+  batch, length, embed, vocab, heads, kv_heads, head_dim, mlp, layers, cache_length.
+A mesh axis is dropped for a dimension it does not divide (the dimension is then
+replicated along it), so any model runs on any mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from e1jax.errors import E1Error
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES: dict[str, tuple[str, ...]] = {
+    "batch": ("data", "fsdp"),
+    "length": (),
+    "cache_length": (),
+    "embed": ("fsdp",),
+    "vocab": ("tensor",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "mlp": ("tensor",),
+    "layers": (),
+}
+
+
+def parse_mesh_spec(spec: str | dict[str, int] | None) -> dict[str, int]:
+    """'data=2,tensor=4' -> {'data': 2, 'fsdp': 1, 'tensor': 4}; -1 takes the remaining devices."""
+    if spec is None or spec == "":
+        sizes: dict[str, int] = {}
+    elif isinstance(spec, dict):
+        sizes = dict(spec)
+    else:
+        sizes = {}
+        for part in spec.split(","):
+            if "=" not in part:
+                raise E1Error(f"mesh '{spec}' must look like data=2,tensor=4")
+            name, value = part.split("=", 1)
+            try:
+                sizes[name.strip()] = int(value)
+            except ValueError as err:
+                raise E1Error(f"mesh axis '{name.strip()}' size '{value}' is not an integer") from err
+    for name in sizes:
+        if name not in MESH_AXES:
+            raise E1Error(f"unknown mesh axis '{name}'; axes are {', '.join(MESH_AXES)}")
+    return {name: int(sizes.get(name, 1)) for name in MESH_AXES}
+
+
+def make_mesh(spec: str | dict[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over all (or the given) devices with Auto axis types (GSPMD propagation)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    sizes = parse_mesh_spec(spec)
+    free = [n for n, s in sizes.items() if s == -1]
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if len(free) > 1:
+        raise E1Error("at most one mesh axis may be -1")
+    if free:
+        if len(devices) % fixed:
+            raise E1Error(f"mesh {sizes} does not divide {len(devices)} devices")
+        sizes[free[0]] = len(devices) // fixed
+    if not spec:
+        sizes["data"] = len(devices)
+    total = math.prod(sizes.values())
+    if total != len(devices):
+        raise E1Error(f"mesh {sizes} needs {total} devices but {len(devices)} are available")
+    shape = tuple(sizes[n] for n in MESH_AXES)
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` whose dimensions carry `logical_axes`."""
+    used: set[str] = set()
+    entries = []
+    for name, dim in zip(logical_axes, shape):
+        axes = []
+        size = 1
+        for mesh_axis in LOGICAL_RULES.get(name, ()) if name else ():
+            n = mesh.shape[mesh_axis]
+            if n == 1 or mesh_axis in used or dim % (size * n):
+                continue
+            axes.append(mesh_axis)
+            size *= n
+        used.update(axes)
+        entries.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
+    return PartitionSpec(*entries)
+
+
+def named_sharding(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh))
+
+
+def tree_shardings(logical_tree: Any, abstract_tree: Any, mesh: Mesh) -> Any:
+    """Shardings for a pytree given a matching tree of logical-axis tuples and shapes."""
+    return jax.tree.map(
+        lambda axes, x: named_sharding(axes, x.shape, mesh),
+        logical_tree,
+        abstract_tree,
+        is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+_ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("e1jax_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh | None) -> Iterator[None]:
+    """Make `constrain` place activations on `mesh` while tracing inside this block."""
+    token = _ACTIVE_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVE_MESH.reset(token)
+
+
+def active_mesh() -> Mesh | None:
+    return _ACTIVE_MESH.get()
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint by logical axes; a no-op outside `activate(mesh)`."""
+    mesh = _ACTIVE_MESH.get()
+    if mesh is None or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, named_sharding(logical_axes, x.shape, mesh))
+
+
+def put_on_mesh(tree: Any, logical_tree: Any, mesh: Mesh) -> Any:
+    """device_put a host/device pytree onto `mesh` following logical axes."""
+    shardings = tree_shardings(logical_tree, tree, mesh)
+    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, s), tree, shardings)
