@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # settings are read by the scripts that source this file
 # Shared by the tpu_scripts: settings, flag parsing, quoting and `run`.
 # Source it from a script that runs under `set -euo pipefail`.
 #
@@ -114,6 +114,8 @@ EOF
 # script's `script_flag` function (if defined), which handles "$1" (and its
 # value "$2"), sets FLAG_SHIFT to the number of words used and returns 0, or
 # returns 1 for an unknown flag. `--flag=value` is accepted for every flag.
+# Words after `--` go to PASSTHROUGH; so does everything from the first
+# non-flag word on when the script sets COMMAND_STARTS_AT_FIRST_WORD=1.
 parse_flags() {
   local arg
   while (($#)); do
@@ -158,6 +160,10 @@ parse_flags() {
         fi
         ;;
       *)
+        if [[ ${COMMAND_STARTS_AT_FIRST_WORD:-0} == 1 ]]; then
+          PASSTHROUGH=("$@")
+          break
+        fi
         POSITIONAL+=("$arg")
         shift
         ;;
@@ -204,7 +210,7 @@ finish_settings() {
   if [[ -n $BUCKET ]]; then
     BUCKET=gs://${BUCKET#gs://}
     BUCKET=${BUCKET%/}
-    [[ $BUCKET =~ ^gs://[a-z0-9][a-z0-9._-]*[a-z0-9](/.*)?$ ]] || die "bucket '$BUCKET' is not a valid gs:// bucket name"
+    [[ $BUCKET =~ ^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$ ]] || die "bucket '$BUCKET' is not a valid gs:// bucket name"
   fi
   [[ $WORKER =~ ^(all|[0-9]+([-,][0-9]+)*)$ ]] || die "worker '$WORKER' must be all, N, N-M or a list like 0,2"
   local name value

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         from e1jax.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(model_dir)
-        prompt_ids = tokenizer.encode_prompt(args.prompt, chat_template=not args.no_chat_template)
+        use_template = not args.no_chat_template
+        prompt_ids = tokenizer.encode_prompt(args.prompt, chat_template=use_template, e1_instruction=use_template)
         response_ids = tokenizer.encode(args.response)
         if not response_ids:
             raise E1Error("--response tokenizes to nothing")

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from e1jax.errors import E1Error
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -80,16 +81,20 @@ class ModelConfig:
             )
         if hf.get("use_sliding_window"):
             raise E1Error("sliding-window attention (use_sliding_window: true) is not supported; supported: full attention")
-        rope_scaling = hf.get("rope_scaling")
-        if rope_scaling and (rope_scaling.get("rope_type") or rope_scaling.get("type")) not in (None, "default"):
-            raise E1Error(
-                f"rope_scaling {rope_scaling.get('rope_type') or rope_scaling.get('type')} is not supported; supported: none (default RoPE)"
-            )
+        # transformers < 5 writes `rope_scaling`, >= 5 writes `rope_parameters`; both may name a scaling type.
+        for key in ("rope_scaling", "rope_parameters"):
+            rope = hf.get(key)
+            rope_type = (rope.get("rope_type") or rope.get("type")) if isinstance(rope, dict) else None
+            if rope_type not in (None, "default"):
+                raise E1Error(f"{key} type '{rope_type}' is not supported; supported: none (default RoPE)")
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise E1Error(f"hidden_act '{act}' is not supported; supported: silu")
         if arch == "qwen3" and hf.get("attention_bias"):
             raise E1Error("Qwen3 with attention_bias: true is not supported; supported: attention_bias false")
+        missing = [k for k in REQUIRED_KEYS if hf.get(k) is None]
+        if missing:
+            raise E1Error(f"config is missing {', '.join(missing)}")
         heads = int(hf["num_attention_heads"])
         hidden = int(hf["hidden_size"])
         head_dim = hf.get("head_dim") or hidden // heads
@@ -122,6 +127,8 @@ class ModelConfig:
             hf = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise E1Error(f"{path} is not valid JSON: {err}") from err
+        if not isinstance(hf, dict):
+            raise E1Error(f"{path} is not a JSON object")
         return cls.from_hf_dict(hf, **overrides)
 
     def to_hf_dict(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -145,7 +152,10 @@ class ModelConfig:
             hidden_act="silu",
             use_sliding_window=False,
             torch_dtype=self.param_dtype,
+            dtype=self.param_dtype,  # transformers >= 5 reads `dtype` and prefers it over `torch_dtype`
         )
+        if isinstance(hf.get("rope_parameters"), dict):  # transformers >= 5 prefers it over rope_theta
+            hf["rope_parameters"] = {**hf["rope_parameters"], "rope_theta": self.rope_theta}
         if self.arch == "qwen3":
             hf["attention_bias"] = False
         return hf

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import ml_dtypes
 import numpy as np
 from jax.sharding import Mesh
 
@@ -159,6 +160,10 @@ class _TensorIndex:
         return self.files[filename].get(name)
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or dtype == np.dtype(ml_dtypes.bfloat16)
+
+
 def resolve_model_dir(model: str | Path) -> Path:
     """A local directory as is; otherwise a Hugging Face Hub id, downloaded (safetensors, config, tokenizer)."""
     path = Path(model)
@@ -205,17 +210,13 @@ def load_params(model_dir: str | Path, config: ModelConfig, mesh: Mesh | None = 
                     raise E1Error(f"tensor lm_head.weight is missing from {model_dir} and tie_word_embeddings is false")
                 raise E1Error(f"tensor {name} is missing from {model_dir}")
             want = expected[1:] if tmap.per_layer else expected
-            try:
-                converted = tmap.to_ours(raw, config)
-            except ValueError as err:
-                raise E1Error(f"tensor {name} has shape {tuple(raw.shape)}, which does not fit the config ({err})") from err
-            if converted.shape != tuple(want):
-                hf_shape = tmap.to_hf(np.empty(want, np.int8), config).shape
-                raise E1Error(f"tensor {name} has shape {tuple(raw.shape)} but the config expects {tuple(hf_shape)}")
-            try:
-                converted = converted.astype(target)
-            except (TypeError, ValueError) as err:
-                raise E1Error(f"tensor {name} of dtype {raw.dtype} cannot be converted to {config.param_dtype}") from err
+            hf_shape = tuple(tmap.to_hf(np.empty(want, np.int8), config).shape)
+            if tuple(raw.shape) != hf_shape:
+                raise E1Error(f"tensor {name} has shape {tuple(raw.shape)} but the config expects {hf_shape}")
+            if not _is_float(raw.dtype):
+                # numpy would cast ints/bools silently; a weight stored that way is a broken checkpoint.
+                raise E1Error(f"tensor {name} has dtype {raw.dtype}, which cannot be converted to {config.param_dtype} (float weights expected)")
+            converted = tmap.to_ours(raw, config).astype(target)
             if tmap.per_layer:
                 host[i] = converted
             else:

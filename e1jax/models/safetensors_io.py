@@ -67,6 +67,8 @@ class SafetensorsFile:
         start, end = info["data_offsets"]
         if start == end:
             return np.zeros(info["shape"], dtype)
+        if self._map is None or self._offset + end > self._map.size:
+            raise E1Error(f"tensor {name} in {self.path} lies past the end of the file (truncated download?)")
         buf = self._map[self._offset + start : self._offset + end]
         return buf.view(dtype).reshape(info["shape"])
 

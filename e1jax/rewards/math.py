@@ -8,7 +8,9 @@ math-verify. The symbolic part runs in a pool of long-lived worker processes
 so that it can be cut off after `timeout_s` from any thread (math-verify's own
 timeout uses SIGALRM: main thread only, and it cannot interrupt a big-integer
 power computed in C); a timed-out worker is killed and replaced.
-Reward is 1.0 for "correct", 0.0 for every other reason.
+Reward is 1.0 for "correct", 0.0 for every other reason ("format_error",
+"no_answer", "mismatch", "timeout", "grader_error" when a worker crashed).
+A boxed answer over MAX_ANSWER_CHARS is a "mismatch" without being read.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _WORKER_STARTUP_TIMEOUT_S = 120.0
 _WORKER_MEMORY_BYTES = 4 << 30
 _MAX_DEFAULT_WORKERS = 16
+# Boxed answers longer than this are graded wrong unread (ground truths are a few hundred characters at most).
+MAX_ANSWER_CHARS = 10_000
 
 
 def default_workers() -> int:
@@ -127,6 +131,8 @@ def grade_math(
 
 def compare_answers(answer: str, golds: Sequence[str], *, timeout_s: float = 5.0) -> str:
     """"correct", "mismatch", "timeout" or "grader_error" for one extracted answer."""
+    if len(answer) > MAX_ANSWER_CHARS:
+        return "mismatch"
     normalized = strip_string(answer)
     if not normalized:
         return "mismatch"
@@ -249,7 +255,7 @@ class _VerifierPool:
         try:
             reply = worker.ask({"answer": answer, "golds": golds}, timeout_s)
             if reply is None:
-                return "grader_error"
+                return "grader_error"  # the worker died on this input
             if reply.get("timeout"):
                 return "timeout"
             healthy = True
@@ -263,10 +269,16 @@ class _VerifierPool:
         with self._cond:
             if self._pid != os.getpid():  # a forked child must not share the parent's pipes
                 self._idle, self._live, self._pid = [], 0, os.getpid()
-            while not self._idle and self._live >= self.max_size:
+            while True:
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.proc.poll() is None:
+                        return worker
+                    self._live -= 1  # killed from outside while idle
+                    worker.kill()
+                if self._live < self.max_size:
+                    break
                 self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
             self._live += 1
         try:
             return _Worker()

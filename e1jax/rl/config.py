@@ -1,0 +1,189 @@
+"""The GRPO run configuration: frozen nested dataclasses, loaded from YAML plus key=value overrides.
+
+    cfg = load_train_config("configs/e1_math_1.5b_1k_1k.yaml", ["run.steps=10"])
+
+Unknown keys and ill-typed values are refused by `e1jax.config.load_config`
+(naming the key); the cross-field checks below run before anything starts.
+Defaults are the E1-Math-1.5B recipe (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from e1jax.config import load_config
+from e1jax.errors import E1Error
+from e1jax.rl.grpo import GRPOConfig
+from e1jax.rl.update import OptimConfig
+
+BUILTIN_REWARDS = ("math", "code")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    path: str = ""  # Hugging Face directory or Hub id: the initial policy (and the KL reference)
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # compute; auto: float32 on CPU, else bfloat16
+    remat: Literal["none", "full", "dots"] = "full"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    train_files: tuple[str, ...] = ()  # dataset names or files (see e1jax.data.registry.resolve_dataset)
+    max_prompt_len: int = 1024  # longer prompts are dropped
+    seed: int = 0  # shuffle seed of the prompt stream
+    prompt_key: str = "problem"  # record field holding the problem text
+    chat_template: bool = True
+    e1_instruction: bool = True  # append "Let's think step by step ... \boxed{}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSection:
+    n: int = 8  # samples per prompt (the GRPO group)
+    think_budget: int = 1024
+    solution_budget: int = 1024
+    temperature: float = 0.6
+    top_p: float = 1.0
+    top_k: int = 0
+    eos_in_thinking: Literal["stop", "append_close"] = "stop"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSection:
+    prompts_per_step: int = 128  # rollout batch, in prompts
+    mini_batch: int = 64  # prompts per optimizer update (prompts_per_step / mini_batch updates per step)
+    micro_batch: int = 0  # sequences per forward/backward pass; 0: the whole mini-batch at once
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    dir: str = ""  # default: <run.out_dir>/checkpoints
+    every: int = 20  # save every k steps (and after the last step); 0: only at the end
+    keep: int = 3  # keep the last N checkpoints
+    async_save: bool = True
+    resume: bool = True  # continue from the latest complete checkpoint in `dir`
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSection:
+    datasets: tuple[str, ...] = ()  # empty: no validation
+    every: int = 0  # steps; 0: never
+    think_budgets: tuple[int, ...] = (1024,)
+    solution_budget: int = 1024
+    n: int = 1  # samples per problem
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_problems: int = 0  # per dataset; 0: all
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    steps: int = 200
+    out_dir: str = "runs/e1"
+    seed: int = 0  # sampling seeds are derived from (seed, step)
+    log_every: int = 1  # console line every k steps (metrics files get every step)
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar on the console
+    validation: ValidationSection = ValidationSection()
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSection:
+    kind: str = "math"  # "math", "code", or a python callable "module:function"
+    workers: int = 0  # grading processes/threads; 0: one per CPU
+    timeout_s: float = 5.0  # per answer (math) / per test (code)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompatSection:
+    # The original's quirks: unclipped PPO objective, the forced </think> trained on,
+    # EOS while thinking followed by an appended </think>.
+    original_compat: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    rollout: RolloutSection = RolloutSection()
+    grpo: GRPOConfig = GRPOConfig()
+    optim: OptimConfig = OptimConfig()
+    batch: BatchSection = BatchSection()
+    mesh: str = "fsdp=-1"  # e.g. "fsdp=-1", "data=2,fsdp=4", "fsdp=4,tensor=2"
+    checkpoint: CheckpointSection = CheckpointSection()
+    run: RunSection = RunSection()
+    reward: RewardSection = RewardSection()
+    compat: CompatSection = CompatSection()
+
+    def __post_init__(self):
+        check_train_config(self)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.run.out_dir) / "checkpoints"
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.batch.prompts_per_step // self.batch.mini_batch
+
+    def effective(self) -> TrainConfig:
+        """The config actually run: with compat.original_compat, the original's quirks
+        switched on; the GRPO temperature follows the rollout temperature."""
+        grpo = dataclasses.replace(self.grpo, temperature=self.rollout.temperature)
+        rollout = self.rollout
+        if self.compat.original_compat:
+            grpo = dataclasses.replace(grpo, train_forced_tokens=True, unclipped_objective=True)
+            rollout = dataclasses.replace(rollout, eos_in_thinking="append_close")
+        return dataclasses.replace(self, grpo=grpo, rollout=rollout)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise E1Error(message)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    b, r, v = cfg.batch, cfg.rollout, cfg.run.validation
+    _require(b.prompts_per_step > 0, f"batch.prompts_per_step must be positive, got {b.prompts_per_step}")
+    _require(b.mini_batch > 0 and b.prompts_per_step % b.mini_batch == 0,
+             f"batch.mini_batch ({b.mini_batch}) must divide batch.prompts_per_step ({b.prompts_per_step})")
+    rows = b.mini_batch * r.n
+    _require(b.micro_batch >= 0 and (b.micro_batch == 0 or rows % b.micro_batch == 0),
+             f"batch.micro_batch ({b.micro_batch}) must divide the mini-batch's {rows} sequences "
+             f"(batch.mini_batch {b.mini_batch} x rollout.n {r.n})")
+    _require(r.n >= 2, f"rollout.n must be at least 2 (GRPO compares samples of a prompt), got {r.n}")
+    _require(r.think_budget > 0 and r.solution_budget > 0,
+             f"rollout budgets must be positive, got think_budget={r.think_budget} solution_budget={r.solution_budget}")
+    _require(r.temperature > 0, f"rollout.temperature must be > 0 for training, got {r.temperature}")
+    _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    _require(r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}")
+    _require(cfg.data.max_prompt_len > 0, f"data.max_prompt_len must be positive, got {cfg.data.max_prompt_len}")
+    _require(cfg.run.steps > 0, f"run.steps must be positive, got {cfg.run.steps}")
+    _require(cfg.run.log_every > 0, f"run.log_every must be positive, got {cfg.run.log_every}")
+    _require(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {cfg.checkpoint.every}")
+    _require(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be at least 1, got {cfg.checkpoint.keep}")
+    _require(v.every >= 0, f"run.validation.every must be >= 0, got {v.every}")
+    _require(all(t > 0 for t in v.think_budgets) and v.solution_budget > 0 and v.n >= 1,
+             "run.validation budgets and n must be positive")
+    kind = cfg.reward.kind
+    _require(kind in BUILTIN_REWARDS or _is_callable_path(kind),
+             f"reward.kind '{kind}' is not one of {', '.join(BUILTIN_REWARDS)} or a python callable 'module:function'")
+    _require(cfg.reward.workers >= 0, f"reward.workers must be >= 0, got {cfg.reward.workers}")
+
+
+def _is_callable_path(text: str) -> bool:
+    module, sep, name = text.partition(":")
+    return bool(sep and module and name and all(part.isidentifier() for part in module.split("."))
+                and all(part.isidentifier() for part in name.split(".")))
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None,
+                      *, require_model: bool = True) -> TrainConfig:
+    cfg = load_config(TrainConfig, path, overrides or [])
+    if require_model and not cfg.model.path:
+        raise E1Error("config key 'model.path' is required (a Hugging Face model directory or Hub id)")
+    if require_model and not cfg.data.train_files:
+        raise E1Error("config key 'data.train_files' is required (dataset names or files)")
+    return cfg

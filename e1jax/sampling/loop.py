@@ -1,0 +1,192 @@
+"""The jitted decode loop: per-sequence phases and budgets inside one lax.while_loop.
+
+Each iteration feeds every live sequence's pending token to the model (one
+lockstep cache slot), then chooses the next token by the sequence's phase:
+
+  THINK  sample; a natural `</think>` moves to SOLVE; hitting the thinking budget
+         moves to CLOSE (the close sequence is forced); EOS ends the sample
+         (or, in the original's compatibility mode, forces the close after it).
+  CLOSE  emit the next token of the close sequence (forced), then SOLVE.
+  SOLVE  sample; EOS or the solution budget ends the sample.
+  DONE   nothing more is written.
+
+Budgets, seeds and sampling settings are traced; shapes depend only on the
+batch, the prompt-length bucket and the generation-length bucket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from e1jax.models.config import ModelConfig
+from e1jax.models.qwen import CACHE_LOGICAL_AXES, Qwen
+from e1jax.sampling.ops import sample_tokens, token_logprob
+from e1jax.sharding import constrain
+
+THINK, CLOSE, SOLVE, DONE = 0, 1, 2, 3
+
+# finish reasons
+RUNNING, EOS, SOLUTION_BUDGET, EOS_IN_THINKING, LENGTH, PAUSED = 0, 1, 2, 3, 4, 5
+FINISH_NAMES = {
+    RUNNING: "running",
+    EOS: "eos",
+    SOLUTION_BUDGET: "solution_budget",
+    EOS_IN_THINKING: "eos_in_thinking",
+    LENGTH: "length",
+    PAUSED: "paused",
+}
+
+
+@flax.struct.dataclass
+class DecodeState:
+    cache: dict
+    pending: jax.Array  # (B,) token to feed next
+    position: jax.Array  # (B,) RoPE position of the pending token
+    phase: jax.Array  # (B,)
+    think_used: jax.Array  # (B,) thinking tokens emitted (a natural close included)
+    sol_used: jax.Array  # (B,)
+    force_pos: jax.Array  # (B,) index into the close sequence
+    truncated: jax.Array  # (B,) bool, the close was forced
+    finish: jax.Array  # (B,)
+    out_len: jax.Array  # (B,)
+    tokens: jax.Array  # (B, G)
+    logprobs: jax.Array  # (B, G)
+    forced: jax.Array  # (B, G) bool
+    think_budget: jax.Array  # (B,)
+    solution_budget: jax.Array  # (B,)
+    keys: jax.Array  # (B,) typed PRNG keys, one per sample
+    step: jax.Array  # () iterations done
+
+
+@flax.struct.dataclass
+class LoopSettings:
+    """Traced settings of one call."""
+
+    temperature: jax.Array
+    top_p: jax.Array
+    top_k: jax.Array
+    close_ids: jax.Array  # (C,) the forced close sequence
+    natural_close_id: jax.Array  # () the token that ends thinking when sampled
+    eos_ids: jax.Array  # (E,)
+    pad_id: jax.Array
+    max_steps: jax.Array  # () upper bound on iterations
+
+
+def _in(tokens: jax.Array, ids: jax.Array) -> jax.Array:
+    return jnp.any(tokens[:, None] == ids[None, :], axis=-1)
+
+
+def _phase_keys(keys: jax.Array, phase_tag: jax.Array, index: jax.Array) -> jax.Array:
+    # Token randomness depends only on (sample, phase, index within phase), so a run at a
+    # smaller budget, or a budget sweep, shares the random stream of its common prefix.
+    fold = jax.vmap(lambda k, a, b: jax.random.fold_in(jax.random.fold_in(k, a), b))
+    return fold(keys, phase_tag, index)
+
+
+def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSettings, *, pause_thinking: bool, eos_forces_close: bool) -> DecodeState:
+    live = state.phase != DONE
+    logits, cache = Qwen(config).apply(
+        {"params": params},
+        state.pending[:, None],
+        state.position[:, None],
+        live[:, None],
+        state.cache,
+    )
+    logits = logits[:, 0]
+    phase = state.phase
+
+    # Thinking budget exhausted before this token: force the close (or pause, for a sweep).
+    over = (phase == THINK) & (state.think_used >= state.think_budget)
+    if pause_thinking:
+        finish = jnp.where(over, PAUSED, state.finish)
+        phase = jnp.where(over, DONE, phase)
+    else:
+        finish = state.finish
+        phase = jnp.where(over, CLOSE, phase)
+    truncated = state.truncated | (over & (not pause_thinking))
+    active = live & (phase != DONE)
+
+    in_think = phase == THINK
+    index = jnp.where(in_think, state.think_used, state.sol_used)
+    keys = _phase_keys(state.keys, jnp.where(in_think, 0, 1), index)
+    sampled, sampled_logp = sample_tokens(logits, keys, s.temperature, s.top_p, s.top_k)
+    close_len = s.close_ids.shape[0]
+    forced_token = s.close_ids[jnp.clip(state.force_pos, 0, close_len - 1)]
+    is_forced = phase == CLOSE
+    token = jnp.where(is_forced, forced_token, sampled)
+    logp = jnp.where(is_forced, token_logprob(logits, forced_token, s.temperature), sampled_logp)
+    token = jnp.where(active, token, s.pad_id)
+
+    is_eos = _in(token, s.eos_ids)
+    think_used = state.think_used + (active & in_think)
+    sol_used = state.sol_used + (active & (phase == SOLVE))
+    force_pos = state.force_pos + (active & is_forced)
+
+    new_phase = phase
+    # THINK transitions
+    natural_close = active & in_think & (token == s.natural_close_id)
+    eos_think = active & in_think & is_eos
+    new_phase = jnp.where(natural_close, SOLVE, new_phase)
+    if pause_thinking:
+        new_phase = jnp.where(natural_close | eos_think, DONE, new_phase)
+        finish = jnp.where(natural_close, PAUSED, finish)
+        finish = jnp.where(eos_think, EOS_IN_THINKING, finish)
+    elif eos_forces_close:
+        new_phase = jnp.where(eos_think, CLOSE, new_phase)
+    else:
+        new_phase = jnp.where(eos_think, DONE, new_phase)
+        finish = jnp.where(eos_think, EOS_IN_THINKING, finish)
+    # CLOSE transitions
+    new_phase = jnp.where(active & is_forced & (force_pos >= close_len), SOLVE, new_phase)
+    # SOLVE transitions
+    in_solve = active & (phase == SOLVE)
+    new_phase = jnp.where(in_solve & is_eos, DONE, new_phase)
+    finish = jnp.where(in_solve & is_eos, EOS, finish)
+    budget_done = in_solve & ~is_eos & (sol_used >= state.solution_budget)
+    new_phase = jnp.where(budget_done, DONE, new_phase)
+    finish = jnp.where(budget_done, SOLUTION_BUDGET, finish)
+
+    col = state.out_len
+    rows = jnp.arange(token.shape[0])
+    write_col = jnp.where(active, col, state.tokens.shape[1] - 1)
+    tokens_out = state.tokens.at[rows, write_col].set(jnp.where(active, token, state.tokens[rows, write_col]))
+    logp_out = state.logprobs.at[rows, write_col].set(jnp.where(active, logp, state.logprobs[rows, write_col]))
+    forced_out = state.forced.at[rows, write_col].set(jnp.where(active, is_forced, state.forced[rows, write_col]))
+
+    return state.replace(
+        cache=cache,
+        pending=jnp.where(active, token, state.pending),
+        position=state.position + active,
+        phase=new_phase,
+        think_used=think_used,
+        sol_used=sol_used,
+        force_pos=force_pos,
+        truncated=truncated,
+        finish=finish,
+        out_len=state.out_len + active,
+        tokens=tokens_out,
+        logprobs=logp_out,
+        forced=forced_out,
+        step=state.step + 1,
+    )
+
+
+def run_loop(config: ModelConfig, params: Any, state: DecodeState, settings: LoopSettings, *, pause_thinking: bool = False, eos_forces_close: bool = False) -> DecodeState:
+    def cond(st: DecodeState):
+        return jnp.any(st.phase != DONE) & (st.step < settings.max_steps)
+
+    def body(st: DecodeState):
+        return decode_step(config, params, st, settings, pause_thinking=pause_thinking, eos_forces_close=eos_forces_close)
+
+    final = jax.lax.while_loop(cond, body, state)
+    # Anything still running when the step bound is reached ran out of room.
+    stopped = final.phase != DONE
+    return final.replace(finish=jnp.where(stopped, LENGTH, final.finish), phase=jnp.where(stopped, DONE, final.phase))
+
+
+def constrain_cache(cache: dict) -> dict:
+    return {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}
