@@ -28,6 +28,14 @@ def isolation() -> sandbox.Isolation:
     return sandbox_info()
 
 
+def _require(isolation: sandbox.Isolation, *spaces: str) -> None:
+    """Skip when the kernel refused a namespace (the sandbox says why); fail if it lost one silently."""
+    missing = [name for name in spaces if not getattr(isolation, name)]
+    if missing:
+        assert isolation.notes, f"{missing} missing without a reason"
+        pytest.skip(f"the kernel refused {missing}: {isolation.notes}")
+
+
 def _processes_with(marker: str) -> list[int]:
     found = []
     for name in os.listdir("/proc"):
@@ -69,7 +77,11 @@ def test_runs_unprivileged_in_namespaces_as_root(isolation):
     uid, euid, gid, groups, verdict = result.stdout.split(maxsplit=4)
     assert int(uid) == int(euid) == int(gid) == result.isolation.uid != 0
     assert groups == "[]" and verdict.strip() == "denied"
-    assert isolation.netns and isolation.mountns and isolation.pidns, isolation.notes
+
+
+def test_gets_all_namespaces_where_the_kernel_allows(isolation):
+    _require(isolation, "netns", "mountns", "pidns")
+    assert isolation.notes == ()
 
 
 def test_environment_is_scrubbed(monkeypatch):
@@ -98,14 +110,15 @@ for path in glob.glob("/proc/*/environ"):
 def test_infinite_loop_is_killed_at_the_time_limit():
     start = time.monotonic()
     result = run_sandboxed("while True:\n    pass", "", SandboxLimits(time_s=1.0))
-    assert result.timed_out and result.returncode == -signal.SIGKILL
-    assert time.monotonic() - start < 3.0
+    assert result.timed_out and result.returncode == -signal.SIGKILL and not result.cpu_limited
+    assert 1.0 <= result.wall_s < 2.5
+    assert time.monotonic() - start < 5.0
 
 
 def test_cpu_limit_binds_when_wall_time_is_generous():
     result = run_sandboxed("while True:\n    pass", "", SandboxLimits(time_s=10.0, cpu_s=1.0))
     assert not result.timed_out and result.cpu_limited
-    assert result.wall_s < 4.0
+    assert result.wall_s < 9.0  # well before the wall-clock limit
 
 
 def test_fork_bomb_is_bounded_and_cleaned_up():
@@ -149,10 +162,10 @@ print(children)
 
 
 def test_memory_hog_gets_memory_error():
-    for program in ("x = bytearray(8 << 30)", "keep = []\nwhile True:\n    keep.append(b'x' * 10**7)"):
-        result = run_sandboxed(program, "", SandboxLimits(time_s=5.0, memory_mb=512))
+    for program in ("x = bytearray(8 << 30)", "keep = []\nwhile True:\n    keep.append(b'x' * 10**8)"):
+        result = run_sandboxed(program, "", SandboxLimits(time_s=10.0, memory_mb=256))
         assert result.returncode == 1 and "MemoryError" in result.stderr, result
-        assert result.max_rss_mb < 600
+        assert result.max_rss_mb < 300
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
@@ -167,7 +180,8 @@ def test_output_flood_is_capped_and_killed(stream):
     assert time.monotonic() - start < 5.0
 
 
-def test_cannot_write_outside_its_directory(tmp_path, monkeypatch):
+def test_cannot_write_outside_its_directory(tmp_path, monkeypatch, isolation):
+    _require(isolation, "mountns")  # without one, world-writable /tmp stays writable
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run's host directory goes here
     tag = uuid.uuid4().hex
     targets = [
@@ -201,8 +215,7 @@ print(open("mine.txt").read(), os.getcwd() == os.environ["HOME"])
 
 
 def test_network_is_unreachable(isolation):
-    if not isolation.netns:
-        pytest.skip(f"the kernel refused a network namespace: {isolation.notes}")
+    _require(isolation, "netns")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -238,18 +251,25 @@ print("parent exits")
 """
     result = run_sandboxed(program, "", FAST)
     assert result.stdout == "parent exits\n"
-    assert result.wall_s < 2.0
+    assert not result.timed_out  # the sleeping grandchild did not keep the run alive
     assert _processes_with(marker) == []
 
 
 def test_kill_all_only_hits_the_sandbox():
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as bystander:
         try:
-            result = run_sandboxed("import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('alive')", "", FAST)
+            program = (
+                "import os, signal, time\n"
+                "child = os.fork()\n"
+                "if child == 0:\n    time.sleep(30)\n    os._exit(0)\n"
+                "os.kill(-1, signal.SIGKILL)\n"
+                "print('alive', os.waitpid(child, 0)[1] == signal.SIGKILL)"
+            )
+            result = run_sandboxed(program, "", FAST)
             assert bystander.poll() is None
         finally:
             bystander.kill()
-    assert result.stdout == "alive\n"
+    assert result.stdout == "alive True\n", result.stderr
 
 
 def test_parallel_runs_use_separate_uids():
@@ -260,3 +280,17 @@ def test_parallel_runs_use_separate_uids():
     uids = {int(r.stdout.split()[1]) for r in results}
     if IS_ROOT:
         assert len(uids) == 4 and 0 not in uids
+
+
+def test_host_files_are_not_visible(isolation):
+    _require(isolation, "mountns")
+    private = [str(Path(__file__).resolve()), "/etc/hostname"]
+    program = f"""
+import os
+for path in {private!r}:
+    print(path, os.path.exists(path))
+"""
+    result = run_sandboxed(program, "", FAST)
+    seen = dict(line.rsplit(" ", 1) for line in result.stdout.splitlines())
+    assert seen[private[0]] == "False"  # the repository (and /work, /home, data sets) is not there
+    assert seen[private[1]] == str(os.path.exists("/etc/hostname"))  # system directories are

@@ -278,13 +278,16 @@ def _e1jax_args(remote_argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def test_launch_foreground_on_all_workers(tmp_path):
+    logs = tmp_path / "logs" / "r1"
     env = {**NAME, "E1JAX_BUCKET": "e1-bucket", "E1JAX_LOG_DIR": str(tmp_path / "logs")}
-    mkdir, ssh = dry("launch.sh", "--run-name", "r1", "--env", "HF_HOME=/tmp/hf cache", "--", *TRAIN, env=env)
-    assert mkdir == ["mkdir", "-p", str(tmp_path / "logs" / "r1")]
+    mkdir, ssh, split = dry("launch.sh", "--run-name", "r1", "--env", "HF_HOME=/tmp/hf cache", "--", *TRAIN, env=env)
+    assert mkdir == ["mkdir", "-p", str(logs)]
+    assert ssh[-5:] == ["2>&1", "|", "tee", "-a", str(logs / "launch.log")]
+    ssh = ssh[:-5]
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "e1-v4"]
     assert flag(ssh, "--worker") == "all"
     assert flag(ssh, "--zone") == "us-central2-b"
-    assert flag(ssh, "--output-directory") == str(tmp_path / "logs" / "r1")
+    assert split[:3] == ["awk", "-v", f"dir={logs}"] and split[-1] == str(logs / "launch.log")
     options, e1jax_args = _e1jax_args(remote(ssh))
     assert e1jax_args == TRAIN
     assert options == ["--log-dir", "e1jax-runs", "--run-name", "r1", "--repo-dir", "e1jax", "--venv", "e1jax-venv",
@@ -299,7 +302,7 @@ def test_launch_detached_eval_on_a_v5p():
     [ssh] = [shlex.split(line) for line in result.stdout.splitlines()]
     assert flag(ssh, "--zone") == "us-east5-a"
     assert flag(ssh, "--worker") == "all"
-    assert not any(a.startswith("--output-directory") for a in ssh)
+    assert "|" not in ssh
     options, e1jax_args = _e1jax_args(remote(ssh))
     assert e1jax_args == eval_args
     assert "--detach" in options and "--gcs-logs" not in options
@@ -332,11 +335,14 @@ def test_logs_status_stop_delete(tmp_path):
     env = {**NAME, "E1JAX_LOG_DIR": str(tmp_path)}
     mkdir, rsync = dry("logs.sh", "--run-name", "r1", "--bucket", "e1-bucket", env=env)
     assert rsync == ["gcloud", "storage", "rsync", "--recursive", "gs://e1-bucket/logs/r1", str(tmp_path / "r1")]
-    mkdir, ssh = dry("logs.sh", "--run-name", "r1", env=env)
-    assert remote(ssh) == ["cat", "e1jax-runs/r1/worker-*.log"]
-    assert flag(ssh, "--output-directory") == str(tmp_path / "r1") and flag(ssh, "--worker") == "all"
+    mkdir, ssh, split = dry("logs.sh", "--run-name", "r1", env=env)
+    assert ssh[-2:] == [">", str(tmp_path / "r1" / "fetched.log")]
+    assert remote(ssh[:-2]) == ["bash", "e1jax/tpu_scripts/remote_run.sh", "--log-dir", "e1jax-runs", "--print-log",
+                                "--run-name", "r1"]  # fmt: skip
+    assert flag(ssh[:-2], "--worker") == "all"
+    assert split[0] == "awk" and split[-1] == str(tmp_path / "r1" / "fetched.log")
     [ssh] = dry("logs.sh", "--run-name", "r1", "--tail", "30", env=env)
-    assert remote(ssh) == ["tail", "-n", "30", "e1jax-runs/r1/worker-*.log"]
+    assert remote(ssh)[-5:] == ["--print-log", "--run-name", "r1", "--tail", "30"]
     assert "missing run name" in run("logs.sh", "--dry-run", env=env).stderr
 
     [describe] = dry("status.sh", env=NAME)
@@ -445,6 +451,78 @@ def test_remote_run_detach_status_and_stop(worker_home):
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# Stands in for `gcloud compute tpus tpu-vm ssh NAME ... --worker=all --command=CMD`:
+# runs CMD in each fake worker's home ($FAKE_TPU/w0, w1, ...) at once, like gcloud.
+set -u
+[[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" ]] || { echo "fake gcloud: unsupported: $*" >&2; exit 64; }
+for arg in "$@"; do
+  case $arg in --command=*) command=${arg#--command=} ;; esac
+done
+echo "Using ssh batch size of 2." >&2
+pids=()
+for home in "$FAKE_TPU"/w*; do
+  worker=${home##*/w}
+  (cd "$home" && HOME=$home E1JAX_WORKER_ID=$worker bash -c "$command") &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+"""
+
+
+@pytest.fixture
+def fake_tpu(tmp_path, worker_home):
+    """Two fake workers (homes with the e1jax checkout and a fake venv) and a fake gcloud on PATH."""
+    root = tmp_path / "tpu"
+    for worker in range(2):
+        home = root / f"w{worker}"
+        (home / "e1jax").mkdir(parents=True)
+        (home / "e1jax" / "tpu_scripts").symlink_to(SCRIPTS)
+        (home / "e1jax-venv").symlink_to(worker_home / "e1jax-venv")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    return {"FAKE_TPU": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}", "E1JAX_LOG_DIR": str(tmp_path / "logs"),
+            **NAME}  # fmt: skip
+
+
+def test_launch_and_fetch_logs_end_to_end_with_a_fake_gcloud(tmp_path, fake_tpu):
+    result = run("launch.sh", "--run-name", "e2e", "--env", "GREETING=hello", "--", "train", "--config", "c.yaml",
+                 env=fake_tpu)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    logs = tmp_path / "logs" / "e2e"
+    for worker in ("0", "1"):
+        assert f"[w{worker}] fake python -m e1jax train --config c.yaml GREETING=hello" in result.stdout
+        text = (logs / f"worker-{worker}.log").read_text()
+        assert text == "fake python -m e1jax train --config c.yaml GREETING=hello\n"
+    assert "Using ssh batch size" in (logs / "launch.log").read_text()
+    for worker in ("0", "1"):  # each worker kept its own log and exit status
+        run_dir = tmp_path / "tpu" / f"w{worker}" / "e1jax-runs" / "e2e"
+        assert (run_dir / f"worker-{worker}.exit").read_text() == "0\n"
+
+    # A failing worker makes the launch fail.
+    failed = run("launch.sh", "--run-name", "bad", "--", "fail", env=fake_tpu)
+    assert failed.returncode == 3
+    assert (tmp_path / "logs" / "bad" / "worker-1.log").read_text() == "fake python -m e1jax fail GREETING=\nfailing\n"
+
+    # Fetch the logs again from the workers, and tail them.
+    shutil.rmtree(logs)
+    fetched = run("logs.sh", "--run-name", "e2e", "--from", "workers", env=fake_tpu)
+    assert fetched.returncode == 0, fetched.stderr
+    for worker in ("0", "1"):
+        text = (logs / f"worker-{worker}.log").read_text()
+        assert text.startswith("== e1jax run e2e, worker " + worker)
+        assert "fake python -m e1jax train --config c.yaml GREETING=hello\n" in text
+        assert text.endswith("== exit status 0\n")
+    tail = run("logs.sh", "--run-name", "e2e", "--tail", "1", env=fake_tpu)
+    assert sorted(tail.stdout.splitlines()) == ["[w0] == exit status 0", "[w1] == exit status 0"]
+    status = run("status.sh", "--runs", "--list", env=fake_tpu)  # --list is not emulated: fails cleanly
+    assert status.returncode == 64
 
 
 # ---------------------------------------------------------------- shellcheck

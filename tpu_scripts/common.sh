@@ -250,12 +250,48 @@ location_flags() {
   fi
 }
 
-# tpu_ssh COMMAND [extra gcloud flags...]: run COMMAND on the selected workers.
-tpu_ssh() {
-  local command=$1
+# Like run, with the command's stdout and stderr also appended to FILE.
+run_tee() {
+  local file=$1
   shift
+  if [[ $DRY_RUN == 1 ]]; then
+    printf '%s 2>&1 | tee -a %s\n' "$(quote_command "$@")" "$(shell_quote "$file")"
+  else
+    note "+ $(quote_command "$@") 2>&1 | tee -a $(shell_quote "$file")"
+    "$@" 2>&1 | tee -a "$file"
+  fi
+}
+
+# Like run, with the command's stdout written to FILE.
+run_to() {
+  local file=$1
+  shift
+  if [[ $DRY_RUN == 1 ]]; then
+    printf '%s > %s\n' "$(quote_command "$@")" "$(shell_quote "$file")"
+  else
+    note "+ $(quote_command "$@") > $(shell_quote "$file")"
+    "$@" >"$file"
+  fi
+}
+
+# Workers prefix each output line with "[wN] " (see remote_run.sh). Split such
+# output (FILE) into DIR/worker-N.log; unprefixed lines are gcloud's own.
+split_worker_logs() {
+  local file=$1 dir=$2
+  # shellcheck disable=SC2016 # an awk program, not shell
+  run awk -v dir="$dir" 'match($0, /^\[w[^]]+\] /) { print substr($0, RLENGTH + 1) > (dir "/worker-" substr($0, 3, RLENGTH - 4) ".log") }' "$file"
+}
+
+# The gcloud command that runs COMMAND on the selected workers, in SSH_COMMAND.
+ssh_command() {
   location_flags
-  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${LOCATION_FLAGS[@]}" --worker="$WORKER" --command="$command" "$@"
+  SSH_COMMAND=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${LOCATION_FLAGS[@]}" --worker="$WORKER" --command="$1")
+}
+
+# tpu_ssh COMMAND: run COMMAND on the selected workers.
+tpu_ssh() {
+  ssh_command "$1"
+  run "${SSH_COMMAND[@]}"
 }
 
 # The command line that runs tpu_scripts/remote_run.sh on a worker.

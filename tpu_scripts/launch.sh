@@ -18,11 +18,12 @@ other workers of a pod slice by itself. Each worker writes its output to
 ~/e1jax-runs/RUN/worker-W.log; with a bucket the logs are also copied to
 BUCKET/logs/RUN/ (every --sync-every seconds and at the end).
 
-In the foreground (default) gcloud writes each worker's output to
-\$E1JAX_LOG_DIR/RUN/W.log here (default tpu_logs/RUN/); the script returns when
-all workers are done, with a non-zero status if any failed. A dropped ssh
-connection stops the run: use --detach for long runs, then logs.sh, status.sh
-and stop.sh.
+In the foreground (default) the workers' output streams here, each line
+prefixed with [wW], and is saved to \$E1JAX_LOG_DIR/RUN/launch.log (default
+tpu_logs/RUN/), then split into worker-W.log there. The script returns when all
+workers are done, with gcloud's exit status (non-zero when a worker failed).
+A dropped ssh connection stops the run: use --detach for long runs, then
+logs.sh, status.sh and stop.sh.
 
 Flags:
   --run-name NAME     E1JAX_RUN_NAME   run name (default e1jax-YYYYmmdd-HHMMSS)
@@ -87,9 +88,10 @@ fi
 
 local_logs=$LOG_DIR/$RUN_NAME
 run mkdir -p "$local_logs"
-note "run $RUN_NAME: each worker's output goes to $local_logs/<worker>.log"
+ssh_command "$remote"
 status=0
-tpu_ssh "$remote" --output-directory="$local_logs" || status=$?
+run_tee "$local_logs/launch.log" "${SSH_COMMAND[@]}" || status=$?
+split_worker_logs "$local_logs/launch.log" "$local_logs"
 if [[ $DRY_RUN == 0 ]]; then
   note "run $RUN_NAME finished with status $status; logs in $local_logs${BUCKET:+ and $BUCKET/logs/$RUN_NAME}"
 fi

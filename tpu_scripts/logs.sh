@@ -14,9 +14,10 @@ tpu_logs/NAME/), or print the last lines with --tail.
 Flags:
   --run-name NAME     E1JAX_RUN_NAME   the run (as given to or printed by launch.sh)
   --from SOURCE       bucket: copy BUCKET/logs/NAME/ (worker-W.log, worker-W.exit);
-                      workers: read ~/e1jax-runs/NAME/worker-*.log over ssh into W.log
-                      (default: bucket when a bucket is set, else workers)
-  --tail N            print the last N lines of each worker's log instead of fetching
+                      workers: read ~/e1jax-runs/NAME/worker-W.log from every worker
+                      over ssh (default: bucket when a bucket is set, else workers)
+  --tail N            print the last N lines of each worker's log (prefixed [wW])
+                      instead of fetching
 EOF
   common_usage
 }
@@ -44,12 +45,11 @@ no_positional
 [[ -n $RUN_NAME ]] || die "missing run name: pass --run-name NAME or set E1JAX_RUN_NAME"
 [[ $RUN_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || die "run name '$RUN_NAME' may only hold letters, digits, . _ -"
 require_gcloud
-remote_logs="$REMOTE_RUNS/$RUN_NAME/worker-*.log"
 
 if [[ -n $TAIL ]]; then
   [[ $TAIL =~ ^[1-9][0-9]*$ ]] || die "--tail must be a positive integer, got '$TAIL'"
   require_tpu_name
-  tpu_ssh "tail -n $TAIL $remote_logs"
+  tpu_ssh "$(remote_run_command --print-log --run-name "$RUN_NAME" --tail "$TAIL")"
   exit 0
 fi
 
@@ -66,7 +66,9 @@ case $SOURCE in
   workers)
     require_tpu_name
     run mkdir -p "$local_logs"
-    tpu_ssh "cat $remote_logs" --output-directory="$local_logs"
+    ssh_command "$(remote_run_command --print-log --run-name "$RUN_NAME")"
+    run_to "$local_logs/fetched.log" "${SSH_COMMAND[@]}"
+    split_worker_logs "$local_logs/fetched.log" "$local_logs"
     ;;
   *) die "--from must be bucket or workers, got '$SOURCE'" ;;
 esac

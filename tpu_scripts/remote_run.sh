@@ -9,13 +9,16 @@ usage() {
 Usage: $SCRIPT_NAME --run-name NAME [flags] -- E1JAX_COMMAND [ARGS...]
        $SCRIPT_NAME --status [--run-name NAME] [--log-dir DIR]
        $SCRIPT_NAME --stop [--run-name NAME] [--log-dir DIR]
+       $SCRIPT_NAME --print-log --run-name NAME [--tail N] [--log-dir DIR]
 
 Runs on a TPU worker (launch.sh calls it through ssh --worker=all):
 'python -m e1jax E1JAX_COMMAND ARGS' from the e1jax checkout with its virtual
 environment. Output goes to DIR/NAME/worker-W.log (W: the worker number from
 the TPU metadata); the exit status to worker-W.exit; while it runs, its pid is
 in worker-W.pid. With --gcs-logs the log and exit files are copied to
-URL/NAME/ every --sync-every seconds and at the end.
+URL/NAME/ every --sync-every seconds and at the end. In the foreground the
+output is also printed, each line prefixed with "[wW] " so that the output of
+all workers, as gcloud ssh --worker=all shows it, can be split apart again.
 
 Flags:
   --run-name NAME     run name (letters, digits, . _ -)
@@ -29,12 +32,15 @@ Flags:
   --detach            start in the background, in its own session, and return at once
   --status            show the state of the runs (all, or --run-name)
   --stop              stop the runs (all, or --run-name): SIGTERM, then SIGKILL after 30 s
+  --print-log         print the log of run --run-name, each line prefixed with "[wW] "
+  --tail N            with --print-log: only the last N lines
   --dry-run           print the commands, run nothing
 EOF
 }
 
 ACTION=run
 RUN_NAME=""
+TAIL=""
 RUNS=$REMOTE_RUNS
 REPO=$REMOTE_DIR
 VENV=$REMOTE_VENV
@@ -49,7 +55,8 @@ script_flag() {
     --detach) DETACH=1 ;;
     --status) ACTION=status ;;
     --stop) ACTION=stop ;;
-    --run-name | --log-dir | --repo-dir | --venv | --gcs-logs | --sync-every | --env)
+    --print-log) ACTION=print-log ;;
+    --run-name | --log-dir | --repo-dir | --venv | --gcs-logs | --sync-every | --env | --tail)
       need_value "$@"
       case $1 in
         --run-name) RUN_NAME=$2 ;;
@@ -59,6 +66,7 @@ script_flag() {
         --gcs-logs) GCS_LOGS=${2%/} ;;
         --sync-every) SYNC_SECONDS=$2 ;;
         --env) ENVS+=("$2") ;;
+        --tail) TAIL=$2 ;;
       esac
       FLAG_SHIFT=2
       return 0
@@ -73,6 +81,7 @@ no_positional
 [[ -z $RUN_NAME || $RUN_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || die "run name '$RUN_NAME' may only hold letters, digits, . _ -"
 [[ -z $GCS_LOGS || $GCS_LOGS == gs://* ]] || die "--gcs-logs must be a gs:// URL, got '$GCS_LOGS'"
 [[ $SYNC_SECONDS =~ ^[1-9][0-9]*$ ]] || die "--sync-every must be a positive integer, got '$SYNC_SECONDS'"
+[[ -z $TAIL || $TAIL =~ ^[1-9][0-9]*$ ]] || die "--tail must be a positive integer, got '$TAIL'"
 for assignment in "${ENVS[@]}"; do
   [[ $assignment =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs NAME=VALUE, got '$assignment'"
 done
@@ -161,8 +170,30 @@ stop_runs() {
   echo "stopped ${#pids[@]} e1jax process(es) on $(hostname)"
 }
 
+# Copy stdin to stdout with "[wWORKER] " before each line, flushing every line.
+prefix_lines() {
+  awk -v prefix="[w$1] " '{ print prefix $0; fflush() }'
+}
+
+print_logs() {
+  [[ -n $RUN_NAME ]] || die "--print-log needs --run-name"
+  local log worker found=0
+  for log in "$RUNS_PATH/$RUN_NAME"/worker-*.log; do
+    [[ -f $log ]] || continue
+    found=1
+    worker=${log##*/worker-}
+    worker=${worker%.log}
+    if [[ -n $TAIL ]]; then
+      tail -n "$TAIL" "$log" | prefix_lines "$worker"
+    else
+      prefix_lines "$worker" <"$log"
+    fi
+  done
+  ((found)) || die "no log of run $RUN_NAME in $RUNS_PATH on $(hostname)"
+}
+
 copy_logs() {
-  local dir=$1 worker=$2 files=()
+  local dir=$1 worker=$2 files=() file
   [[ -n $GCS_LOGS ]] || return 0
   for file in "$dir/worker-$worker.log" "$dir/worker-$worker.exit"; do
     [[ -f $file ]] && files+=("$file")
@@ -224,7 +255,7 @@ start_run() {
   if [[ ${E1JAX_DETACHED:-0} == 1 ]]; then
     "${command[@]}" >>"$log" 2>&1 &
   else
-    "${command[@]}" > >(tee -a "$log") 2>&1 &
+    "${command[@]}" > >(tee -a "$log" | prefix_lines "$worker") 2>&1 &
   fi
   pid=$!
   echo "$pid" >"$dir/worker-$worker.pid"
@@ -242,5 +273,6 @@ start_run() {
 case $ACTION in
   status) show_status ;;
   stop) stop_runs ;;
+  print-log) print_logs ;;
   run) start_run ;;
 esac

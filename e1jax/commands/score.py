@@ -24,13 +24,15 @@ def register(subparsers) -> None:
 
 
 def score_ids(config, params, prompt_ids: list[int], response_ids: list[int]) -> np.ndarray:
+    import jax
     import jax.numpy as jnp
 
     from e1jax.models.scoring import next_token_logprobs
 
     tokens = jnp.asarray([prompt_ids + response_ids], jnp.int32)
     mask = jnp.ones_like(tokens, bool)
-    logp = next_token_logprobs(config, params, tokens, mask)
+    # One compiled program instead of op-by-op dispatch (several times faster even for one call).
+    logp = jax.jit(next_token_logprobs, static_argnums=0)(config, params, tokens, mask)
     return np.asarray(logp[0, len(prompt_ids) - 1 :])
 
 

@@ -46,6 +46,7 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _PYTHON_TAGS = ("", "python", "py", "python3", "py3")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
+_USES_NUMPY = re.compile(r"\bnumpy\b|\bnp\.")
 
 # Names the original checkers make available before the solution runs (TACO's
 # synthesize_std_code / rllm's BASE_IMPORTS); numpy is added when the code uses it.
@@ -77,7 +78,11 @@ except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as 
     sys.stderr.write("{COMPILE_ERROR_MARKER} " + type(e).__name__ + ": " + str(e) + "\\n")
     sys.stderr.flush()
     os._exit({COMPILE_ERROR_EXIT})
-namespace = {{"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}}
+namespace = {{
+    "__name__": "__main__" if mode == "stdio" else "solution",
+    "__file__": "solution.py",
+    "__builtins__": builtins,
+}}
 exec({PREAMBLE!r}, namespace)
 if use_numpy:
     exec("import numpy as np", namespace)
@@ -236,7 +241,7 @@ def grade_code(
         keep = sorted(range(len(cases)), key=lambda i: len(str(cases[i][0])), reverse=True)[:max_tests]
         cases = [cases[i] for i in sorted(keep)]
     limits = SandboxLimits(time_s=time_limit_s or DEFAULT_TIME_LIMIT_S, memory_mb=memory_mb)
-    uses_numpy = "numpy" in code or "np." in code
+    uses_numpy = bool(_USES_NUMPY.search(code))
     for test_input, expected in cases:
         reason = _run_case(code, test_input, expected, normalized.fn_name, limits, uses_numpy)
         if reason is not None:
@@ -291,7 +296,7 @@ def _run_case(
         return "runtime_error"
     try:
         payload = json.loads(line[len(RESULT_MARKER) :])
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or an integer beyond the grader's digit limit
         return "wrong_answer"
     if not isinstance(payload, dict) or "result" not in payload:
         return "wrong_answer"

@@ -11,16 +11,18 @@ that uid can be killed afterwards.
 Layout of one run:
 
     grader ──Popen(setsid)──> launcher (this file run as a script, as root)
-                                 unshare(net, mount, pid, ipc, uts)
-                                 mounts: everything read-only, private tmpfs
-                                 on /tmp (the working directory), fresh /proc
-                                 fork ──> program: pid 1 of its PID namespace,
-                                          rlimits, setuid, no_new_privs,
-                                          exec python
+                                unshare(net, mount, pid, ipc, uts)
+                                chroot into a minimal read-only root: system
+                                dirs, the interpreter's dirs, /dev, and a
+                                private tmpfs /tmp (the working directory)
+                                fork ──> init: PID 1 of the new PID namespace,
+                                         fresh /proc, reaps orphans
+                                         fork ──> program: rlimits, setuid,
+                                                  no_new_privs, exec python
 
-When the program (PID 1) exits the kernel kills everything left in its PID
-namespace; the grader then kills the process group and every process of the
-sandbox uid, so daemonised children do not survive either way.
+When the program exits, init exits and the kernel kills everything left in
+the PID namespace; the grader then kills the process group and every process
+of the sandbox uid, so daemonised children do not survive either way.
 
 This file is also executed by a bare interpreter (`python -I -S sandbox.py`)
 as the launcher, so it imports only the standard library.
@@ -49,13 +51,19 @@ import time
 LAUNCH_FLAG = "--e1jax-sandbox-launch"
 LAUNCH_FAILED_EXIT = 125
 MAIN_SCRIPT = "main.py"
-WORKDIR = "/tmp"  # inside the private mount namespace; a fresh tmpfs per run
+WORKDIR = "/tmp"  # inside the sandbox's root: a fresh tmpfs per run
+NEW_ROOT = "/tmp"  # where the sandbox's root is assembled (covers the host /tmp in the namespace)
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/dev")
 PROGRAM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # The sandbox uids: UID_SLOTS consecutive ids from the first base that the
-# current user namespace maps (override with E1JAX_SANDBOX_UID_BASE).
+# current user namespace maps (override with E1JAX_SANDBOX_UID_BASE). Any
+# process with such a uid is killed, so the range must belong to nobody: the
+# first lies in systemd's unused 0x70000000-0x7FFFFFFF block (below 2**31, which
+# some tools treat as signed), far above LDAP/SSSD ranges; the second is for
+# user namespaces that map only 65536 ids.
 UID_SLOTS = 256
-UID_BASE_CANDIDATES = (1_000_000, 200_000, 40_000)
+UID_BASE_CANDIDATES = (0x7E1A0000, 60_600)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -130,14 +138,11 @@ class SandboxResult:
     returncode: int | None  # negative: killed by that signal
     timed_out: bool  # killed at the wall-clock limit
     output_limited: bool  # killed for printing more than max_output_bytes
+    cpu_limited: bool  # killed by RLIMIT_CPU
     wall_s: float
     cpu_s: float
     max_rss_mb: float
     isolation: Isolation
-
-    @property
-    def cpu_limited(self) -> bool:
-        return self.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and not (self.timed_out or self.output_limited)
 
 
 # ----------------------------------------------------------------------------
@@ -245,12 +250,19 @@ def _run_in_slot(
             detail = outcome["stderr"].decode(errors="replace").strip().splitlines()[-1:] or ["no detail"]
             raise SandboxError(f"sandbox launcher died before starting the program: {detail[0]}")
         status = {"uid": uid, "netns": False, "mountns": False, "pidns": False, "notes": ["killed during setup"]}
+    returncode = outcome["returncode"]
+    killed_by_us = outcome["timed_out"] or outcome["output_limited"]
+    cpu_limited = not killed_by_us and (
+        returncode == -signal.SIGXCPU
+        or (returncode == -signal.SIGKILL and outcome["cpu_s"] >= limits.cpu_limit_s() - 0.1)
+    )
     return SandboxResult(
         stdout=outcome["stdout"].decode(errors="replace"),
         stderr=outcome["stderr"].decode(errors="replace"),
-        returncode=outcome["returncode"],
+        returncode=returncode,
         timed_out=outcome["timed_out"],
         output_limited=outcome["output_limited"],
+        cpu_limited=cpu_limited,
         wall_s=outcome["wall_s"],
         cpu_s=outcome["cpu_s"],
         max_rss_mb=outcome["max_rss_mb"],
@@ -509,6 +521,10 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     _sys("mount", enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
 
 
+def _prctl(option: int, value: int) -> None:
+    _sys("prctl", option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
 def _launcher_main(config: dict) -> None:
     status_fd = config["status_fd"]
     try:
@@ -534,16 +550,13 @@ def _launch(config: dict, status_fd: int) -> None:
         workdir = WORKDIR
     os.chdir(workdir)
     if "pid" in spaces:
-        child = os.fork()
-        if child:
-            os.close(status_fd)
-            _mirror_exit(child)
-        if "mount" in spaces:
-            try:
-                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            except OSError as e:
-                notes.append(f"host /proc stays visible ({e})")
-    _limit_and_drop(uid, limits, config["cpu_s"])
+        _fork_init(status_fd, mount_proc="mount" in spaces, notes=notes)
+    elif "mount" in spaces:
+        try:
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except OSError as e:
+            notes.append(f"no /proc ({e})")
+    _limit_and_drop(uid, limits, config["cpu_s"], config["python"])
     status = {
         "uid": uid,
         "netns": "net" in spaces,
@@ -597,6 +610,13 @@ def _unshare(as_root: bool, notes: list[str]) -> set[str]:
 
 
 def _setup_mounts(files: dict[str, bytes], uid: int | None, limits: dict, python_paths: list[str], notes: list[str]):
+    """Build a minimal read-only root and chroot into it.
+
+    The new root holds the system directories, the interpreter's directories,
+    /dev (with a private /dev/shm), /proc and a fresh tmpfs /tmp owned by the
+    sandbox uid (the working directory). Everything else (home directories,
+    /work, data sets, checkpoints, the host /tmp) is not there at all.
+    """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     failed = []
     for mountpoint, options in _mountinfo():
@@ -608,17 +628,64 @@ def _setup_mounts(files: dict[str, bytes], uid: int | None, limits: dict, python
         except OSError:
             failed.append(mountpoint)
     if failed:
-        notes.append(f"{len(failed)} mounts stay writable: {failed[:5]}")
+        notes.append(f"{len(failed)} host mounts stay writable: {failed[:5]}")
+    root = NEW_ROOT
+    # Handles taken before the new root covers NEW_ROOT, which may lie on the way to some of them.
+    sources = [(path, _open_source(path)) for path in _exposed_paths(python_paths)]
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=1024,mode=0755")
+    workdir = root + WORKDIR
+    os.makedirs(workdir)
     owner = f",uid={uid},gid={uid}" if uid is not None else ""
-    _mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={limits['disk_mb']}m,nr_inodes=4096,mode=0700{owner}")
-    if os.path.isdir("/dev/shm"):
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16m,nr_inodes=256,mode=1777")
-    if uid is not None:
-        _make_reachable(python_paths)
+    work_options = f"size={limits['disk_mb']}m,nr_inodes=4096,mode=0700{owner}"
+    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, work_options)
+    for path, source in sources:  # after the working directory, in case the interpreter lives under it
+        _expose(path, source, root)
+    if os.path.isdir(root + "/dev/shm"):
+        shm_options = "size=16m,nr_inodes=256,mode=1777"
+        _mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, shm_options)
+    os.makedirs(root + "/proc", exist_ok=True)
     for name, data in files.items():
-        fd = os.open(os.path.join(WORKDIR, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(os.path.join(workdir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with open(fd, "wb") as f:
             f.write(data)
+    _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.chroot(root)
+    os.chdir("/")
+
+
+def _exposed_paths(python_paths: list[str]) -> list[str]:
+    """System directories plus the interpreter's, without ones nested in others."""
+    wanted = [p for p in SYSTEM_PATHS if os.path.lexists(p)]
+    for path in python_paths:
+        wanted.append(path if os.path.isdir(path) else os.path.dirname(path))
+    kept: list[str] = []
+    for path in sorted(set(wanted), key=len):
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _open_source(path: str) -> str | int:
+    """A symlink's target, or an O_PATH descriptor of a directory or file."""
+    if os.path.islink(path):
+        return os.readlink(path)
+    return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+def _expose(path: str, source: str | int, root: str) -> None:
+    """Make `path` appear at the same place under `root` (symlinks copied, the rest bound)."""
+    target = root + path
+    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+    if isinstance(source, str):
+        os.symlink(source, target)
+        return
+    if stat.S_ISDIR(os.fstat(source).st_mode):
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{source}", target, None, MS_BIND | MS_REC)
+    else:
+        open(target, "w").close()
+        _mount(f"/proc/self/fd/{source}", target, None, MS_BIND)
+    os.close(source)
 
 
 def _mountinfo() -> list[tuple[str, list[str]]]:
@@ -631,72 +698,54 @@ def _mountinfo() -> list[tuple[str, list[str]]]:
     return rows
 
 
-def _make_reachable(paths: list[str]) -> None:
-    """Let the unprivileged uid reach `paths` (e.g. an interpreter under /root, mode 0700).
+def _fork_init(status_fd: int, mount_proc: bool, notes: list[str]) -> None:
+    """Returns in the program's process, below an init (PID 1) of the new PID namespace.
 
-    A directory on the way that others cannot search is covered with a read-only
-    tmpfs holding only bind mounts of the entries that lead to `paths`; the rest
-    of its contents stay hidden.
+    The launcher stays in the caller's namespace and exits the way the program
+    did. The init (root, out of the program's reach) reaps orphans; when it
+    exits after the program, the kernel kills everything left in the namespace.
+    Signals behave normally for the program because it is not PID 1.
     """
-    for round_ in range(16):
-        blocked = _first_blocked(paths)
-        if blocked is None:
-            return
-        children = sorted({os.path.relpath(p, blocked).split(os.sep)[0] for p in paths if _is_under(p, blocked)})
-        staged = []
-        for i, child in enumerate(children):
-            source = os.path.join(blocked, child)
-            stage = os.path.join(WORKDIR, f".stage-{round_}-{i}")
-            is_dir = os.path.isdir(source)
-            if is_dir:
-                os.mkdir(stage)
-            else:
-                open(stage, "w").close()
-            _mount(source, stage, None, MS_BIND | MS_REC)
-            staged.append((stage, child, is_dir))
-        _mount("tmpfs", blocked, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,nr_inodes=64,mode=0755")
-        for stage, child, is_dir in staged:
-            target = os.path.join(blocked, child)
-            if is_dir:
-                os.mkdir(target, 0o755)
-            else:
-                open(target, "w").close()
-            _mount(stage, target, None, MS_MOVE)
-            (os.rmdir if is_dir else os.unlink)(stage)
-        _mount(None, blocked, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    raise OSError(f"cannot make {paths} reachable")
+    report_r, report_w = os.pipe()
+    init = os.fork()
+    if init:  # the launcher
+        os.close(report_w)
+        os.close(status_fd)
+        _, status = os.waitpid(init, 0)
+        reported = os.read(report_r, 64)
+        _mirror_exit(int(reported) if reported else status)
+    os.close(report_r)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if mount_proc:
+        try:
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except OSError as e:
+            notes.append(f"host /proc stays visible ({e})")
+    program = os.fork()
+    if program:  # the init
+        os.close(status_fd)
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == program:
+                os.write(report_w, str(status).encode())
+                os._exit(0)
+    os.close(report_w)
 
 
-def _first_blocked(paths: list[str]) -> str | None:
-    """The first directory on the way to (or at) one of `paths` that others cannot search."""
-    for path in paths:
-        parts = [p for p in path.split("/") if p]
-        for depth in range(len(parts) + 1):
-            current = "/" + "/".join(parts[:depth])
-            st = os.stat(current)
-            if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IXOTH:
-                return current
-    return None
-
-
-def _is_under(path: str, directory: str) -> bool:
-    return path != directory and path.startswith(directory.rstrip("/") + "/")
-
-
-def _mirror_exit(child: int) -> None:
-    """Wait for the program and exit the same way (PID namespaces need this extra parent)."""
-    _, status = os.waitpid(child, 0)
+def _mirror_exit(status: int) -> None:
+    """Exit the way a child with wait status `status` did."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         with contextlib.suppress(OSError, ValueError):
             signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(OSError):
             os.kill(os.getpid(), sig)
         os._exit(128 + sig)
     os._exit(os.waitstatus_to_exitcode(status))
 
 
-def _limit_and_drop(uid: int | None, limits: dict, cpu_s: int) -> None:
+def _limit_and_drop(uid: int | None, limits: dict, cpu_s: int, python: str) -> None:
     mem = limits["memory_mb"] << 20
     wanted = [
         (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
@@ -718,10 +767,15 @@ def _limit_and_drop(uid: int | None, limits: dict, cpu_s: int) -> None:
         os.setresuid(uid, uid, uid)
         if os.getuid() != uid or os.geteuid() != uid or os.getgid() != uid:
             raise OSError("failed to drop privileges")
+        if not os.access(python, os.X_OK):
+            raise OSError(
+                f"the sandbox uid {uid} cannot run {python} (without a mount namespace, use an "
+                "interpreter outside private directories such as /root)"
+            )
     os.umask(0o077)
-    _sys("prctl", PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
     # Cleared by the uid change above, so set afterwards: die with the launcher.
-    _sys("prctl", PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == LAUNCH_FLAG:

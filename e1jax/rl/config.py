@@ -108,8 +108,8 @@ class TrainConfig:
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     rollout: RolloutSection = RolloutSection()
-    grpo: GRPOConfig = GRPOConfig()
-    optim: OptimConfig = OptimConfig()
+    grpo: GRPOConfig = GRPOConfig()  # temperature: always the rollout temperature (see effective())
+    optim: OptimConfig = OptimConfig()  # total_steps: derived from run.steps (see effective())
     batch: BatchSection = BatchSection()
     mesh: str = "fsdp=-1"  # e.g. "fsdp=-1", "data=2,fsdp=4", "fsdp=4,tensor=2"
     checkpoint: CheckpointSection = CheckpointSection()
@@ -130,13 +130,15 @@ class TrainConfig:
 
     def effective(self) -> TrainConfig:
         """The config actually run: with compat.original_compat, the original's quirks
-        switched on; the GRPO temperature follows the rollout temperature."""
+        switched on; the GRPO temperature follows the rollout temperature; the optimizer's
+        schedule length is run.steps x updates per step (optimizer steps)."""
         grpo = dataclasses.replace(self.grpo, temperature=self.rollout.temperature)
+        optim = dataclasses.replace(self.optim, total_steps=self.run.steps * self.updates_per_step)
         rollout = self.rollout
         if self.compat.original_compat:
             grpo = dataclasses.replace(grpo, train_forced_tokens=True, unclipped_objective=True)
             rollout = dataclasses.replace(rollout, eos_in_thinking="append_close")
-        return dataclasses.replace(self, grpo=grpo, rollout=rollout)
+        return dataclasses.replace(self, grpo=grpo, rollout=rollout, optim=optim)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -103,6 +103,8 @@ def response_loss_mask(
     if response.ndim == 1:
         if width is None:
             width = forced.shape[1] if forced is not None else int(response.max(initial=0))
+        if response.size and int(response.max()) > width:
+            raise E1Error(f"response length {int(response.max())} exceeds the response width {width}")
         mask = np.arange(width)[None, :] < response[:, None]
     elif response.ndim == 2:
         mask = response.astype(bool)

@@ -151,6 +151,7 @@ def _new_state(cache, pending, position, phase, think_budget, solution_budget, k
         think_budget=think_budget,
         solution_budget=solution_budget,
         keys=keys,
+        key_offset=zeros,
         step=jnp.int32(0),
     )
 
@@ -297,6 +298,12 @@ def generate(
     return _assemble(out, count, n, ids, plain, tb, sb)
 
 
+def _finish_name(code: int, plain: bool) -> str:
+    if plain and code == loop.SOLUTION_BUDGET:
+        return "length"
+    return loop.FINISH_NAMES[code]
+
+
 def _assemble(out, count, n, ids, plain, tb, sb) -> GenerationOutput:
     lengths = out["lengths"].astype(np.int64)
     thinking, solution = _split_counts(out["tokens"], out["forced"], lengths, ids.natural_close, len(ids.think_close_ids), plain)
@@ -309,7 +316,7 @@ def _assemble(out, count, n, ids, plain, tb, sb) -> GenerationOutput:
         thinking_tokens=thinking,
         solution_tokens=solution,
         truncated=out["truncated"].astype(bool),
-        finish_reason=[loop.FINISH_NAMES[int(f)] for f in out["finish"]],
+        finish_reason=[_finish_name(int(f), plain) for f in out["finish"]],
         think_budget=np.repeat(tb, n),
         solution_budget=np.repeat(sb, n),
     )

@@ -59,6 +59,7 @@ class DecodeState:
     think_budget: jax.Array  # (B,)
     solution_budget: jax.Array  # (B,)
     keys: jax.Array  # (B,) typed PRNG keys, one per sample
+    key_offset: jax.Array  # (B,) response index of out_len 0 (non-zero when continuing a prefix)
     step: jax.Array  # () iterations done
 
 
@@ -80,11 +81,10 @@ def _in(tokens: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.any(tokens[:, None] == ids[None, :], axis=-1)
 
 
-def _phase_keys(keys: jax.Array, phase_tag: jax.Array, index: jax.Array) -> jax.Array:
-    # Token randomness depends only on (sample, phase, index within phase), so a run at a
-    # smaller budget, or a budget sweep, shares the random stream of its common prefix.
-    fold = jax.vmap(lambda k, a, b: jax.random.fold_in(jax.random.fold_in(k, a), b))
-    return fold(keys, phase_tag, index)
+def _token_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
+    # Token randomness depends only on (sample, index in the response): a run at another
+    # budget, a budget sweep and plain mode all share the random stream of a common prefix.
+    return jax.vmap(jax.random.fold_in)(keys, index)
 
 
 def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSettings, *, pause_thinking: bool, eos_forces_close: bool) -> DecodeState:
@@ -111,8 +111,7 @@ def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSet
     active = live & (phase != DONE)
 
     in_think = phase == THINK
-    index = jnp.where(in_think, state.think_used, state.sol_used)
-    keys = _phase_keys(state.keys, jnp.where(in_think, 0, 1), index)
+    keys = _token_keys(state.keys, state.key_offset + state.out_len)
     sampled, sampled_logp = sample_tokens(logits, keys, s.temperature, s.top_p, s.top_k)
     close_len = s.close_ids.shape[0]
     forced_token = s.close_ids[jnp.clip(state.force_pos, 0, close_len - 1)]

@@ -104,6 +104,7 @@ def _solve_jit(params, cache, think, budgets, solution_budget, sample_ids, seed,
         truncated=flat(~early),
         finish=flat(finish).astype(jnp.int32),
         think_used=flat(cut).astype(jnp.int32),
+        key_offset=flat(cut).astype(jnp.int32),
     )
     final = loop.run_loop(config, params, state, settings, eos_forces_close=eos_forces_close)
     unflat = lambda x: x.reshape((k, rows) + x.shape[1:])  # noqa: E731

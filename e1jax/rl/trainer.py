@@ -1,0 +1,398 @@
+"""The GRPO training loop: rollout -> grading -> advantages -> log-probs -> updates -> logs/checkpoints.
+
+Per step:
+  1. take the step's prompts from the grain iterator (its state is checkpointed);
+  2. sample n elastic responses per prompt with the current params (seed derived
+     from (run seed, step)), grade them, compute group advantages;
+  3. recompute the behaviour log-probs with the trainer (logits / rollout
+     temperature), and the reference log-probs from the frozen initial params
+     when kl_coef > 0;
+  4. one optimizer update per mini-batch, in order;
+  5. log metrics (process 0), validate every k steps, checkpoint every k steps.
+
+Nothing random is carried between steps outside the checkpoint, so a run
+resumed from checkpoint k produces exactly the rows k+1.. of an uninterrupted
+run (timings aside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e1jax.config import to_dict
+from e1jax.errors import E1Error
+from e1jax.rl.config import TrainConfig
+from e1jax.rl.metrics import MetricsLogger, mean_of, to_float
+from e1jax.rl.rollout import (
+    GenerateFn,
+    RewardFn,
+    RolloutSettings,
+    build_sequences,
+    make_reward_fn,
+    mini_batches,
+    response_text,
+    rollout_metrics,
+    run_rollout,
+    step_seed,
+)
+
+# (event, step): "step_end" after a step's metrics are written, "save_started" once a
+# checkpoint save has been handed to orbax (it may still be writing).
+Callback = Callable[[str, int], None]
+VALIDATION_STREAM = 1
+
+
+@dataclasses.dataclass
+class TrainResult:
+    start_step: int  # the step resumed from (0: fresh start)
+    final_step: int
+    last_metrics: dict[str, Any]
+    out_dir: Path
+
+
+def compute_dtype(name: str) -> str:
+    if name != "auto":
+        return name
+    import jax
+
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def load_records(files: Sequence[str]) -> list[dict]:
+    from e1jax.data.registry import resolve_dataset
+
+    records = []
+    for spec in files:
+        _, part = resolve_dataset(spec)
+        records.extend(part)
+    if not records:
+        raise E1Error(f"no training records in {', '.join(files)}")
+    return records
+
+
+def make_tokenize(tokenizer: Any, data_cfg: Any) -> Callable[[dict], list[int]]:
+    key = data_cfg.prompt_key
+
+    def tokenize(record: dict) -> list[int]:
+        if key not in record:
+            raise E1Error(f"training record {record.get('id')} has no '{key}' field (data.prompt_key)")
+        return tokenizer.encode_prompt(record[key], chat_template=data_cfg.chat_template,
+                                       e1_instruction=data_cfg.e1_instruction)
+
+    return tokenize
+
+
+def special_ids(tokenizer: Any):
+    from e1jax.sampling import SpecialIds
+
+    return SpecialIds(think_close_ids=(tokenizer.think_close_id,), eos_ids=tuple(tokenizer.eos_ids),
+                      pad_id=tokenizer.pad_id)
+
+
+def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+
+
+# --------------------------------------------------------------- validation
+
+
+def evaluate_budgets(
+    model_config: Any,
+    params: Any,
+    records: Sequence[dict],
+    *,
+    think_budgets: Sequence[int],
+    solution_budget: int,
+    ids: Any,
+    decode: Callable[[list[int]], str],
+    reward_fn: RewardFn,
+    n: int = 1,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    seed: int = 0,
+    mesh: Any = None,
+    generate_fn: GenerateFn | None = None,
+) -> dict[int, dict[str, float]]:
+    """Elastic evaluation of `records` (with `prompt_ids`) at each thinking budget:
+    {budget: {"accuracy": mean correctness over problems x samples, "tokens": mean
+    response length, "truncation_rate"}}. A small stand-in for the shared evaluation."""
+    if generate_fn is None:
+        from e1jax.sampling import generate as generate_fn
+    from e1jax.sampling import SamplingParams
+
+    records = list(records)
+    prompts = [list(map(int, r["prompt_ids"])) for r in records]
+    sampling = SamplingParams(temperature=temperature, top_p=top_p)
+    strip = tuple(ids.eos_ids) + (ids.pad_id,)
+    results = {}
+    for budget in think_budgets:
+        gen = generate_fn(model_config, params, prompts, ids=ids, mode="elastic", think_budget=int(budget),
+                          solution_budget=int(solution_budget), sampling=sampling, n=n, seed=seed, mesh=mesh)
+        texts = [response_text(gen.tokens[i], int(gen.lengths[i]), decode, strip) for i in range(len(gen.lengths))]
+        grades = reward_fn(texts, [records[i] for i in gen.prompt_index])
+        results[int(budget)] = {
+            "accuracy": float(np.mean([g.correct for g in grades])),
+            "tokens": float(np.mean(gen.lengths)),
+            "truncation_rate": float(np.mean(gen.truncated)),
+        }
+    return results
+
+
+def load_validation_sets(cfg: TrainConfig, tokenize: Callable[[dict], list[int]]) -> dict[str, list[dict]]:
+    from e1jax.data.registry import resolve_dataset
+
+    v = cfg.run.validation
+    sets = {}
+    if not v.datasets or not v.every:
+        return sets
+    for spec in v.datasets:
+        name, records = resolve_dataset(spec)
+        kept = []
+        for record in records:
+            ids = tokenize(record)
+            if len(ids) <= cfg.data.max_prompt_len:
+                kept.append({**record, "prompt_ids": ids})
+            if v.max_problems and len(kept) >= v.max_problems:
+                break
+        if not kept:
+            raise E1Error(f"validation set {spec} has no prompt within data.max_prompt_len={cfg.data.max_prompt_len}")
+        sets[name] = kept
+    return sets
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _abstract_state(model_config, optimizer, mesh):
+    """Abstract TrainState (shapes, dtypes, shardings) to restore a checkpoint into."""
+    import jax
+
+    from e1jax.models.params import abstract_params
+    from e1jax.rl.update import train_state_shardings
+
+    params = abstract_params(model_config)
+    shardings = train_state_shardings(model_config, optimizer, mesh)
+    opt_state = jax.eval_shape(optimizer.init, params)
+
+    def with_sharding(x, s):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+    return (jax.tree.map(with_sharding, params, shardings.params),
+            jax.tree.map(with_sharding, opt_state, shardings.opt_state),
+            shardings.step)
+
+
+def _combine_update_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    from e1jax.rl.grpo import MAX_METRICS, MIN_METRICS
+
+    host = [{k: to_float(v) for k, v in row.items()} for row in rows]
+    out = mean_of(host)
+    for key in MAX_METRICS:
+        if key in out:
+            out[key] = max(r[key] for r in host)
+    for key in MIN_METRICS:
+        if key in out:
+            out[key] = min(r[key] for r in host)
+    return {f"actor/{k}": v for k, v in out.items()}
+
+
+def _console_line(step: int, row: dict[str, Any]) -> str:
+    keys = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("response/length_mean", "len"),
+            ("response/truncation_rate", "trunc"), ("actor/kl", "kl"), ("actor/entropy", "ent"),
+            ("actor/grad_norm", "gnorm"), ("time/step_s", "s")]
+    parts = [f"step {step}"] + [f"{short} {row[key]:.4g}" for key, short in keys if key in row]
+    return "  ".join(parts)
+
+
+@functools.lru_cache(maxsize=4)
+def _optimizer_and_update(model_config, grpo_cfg, optim_cfg, micro_batch, mesh):
+    """Cached per configuration, so repeated train() calls in one process compile once."""
+    from e1jax.rl.update import make_optimizer, make_update_fn
+
+    optimizer = make_optimizer(optim_cfg)
+    return optimizer, make_update_fn(model_config, grpo_cfg, optimizer, micro_batch=micro_batch, mesh=mesh)
+
+
+def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: Callback | None = None) -> TrainResult:
+    """Run (or resume) the GRPO run described by `cfg`."""
+    import jax
+    import jax.numpy as jnp
+
+    from e1jax.data.pipeline import make_train_iterator
+    from e1jax.models.hf import load_config as load_model_config
+    from e1jax.models.hf import load_params, resolve_model_dir
+    from e1jax.rl.checkpoint import CheckpointStore, model_meta
+    from e1jax.rl.update import (
+        TrainState,
+        UpdateBatch,
+        compute_logprobs,
+        init_train_state,
+        shard_batch,
+    )
+    from e1jax.sharding import make_mesh, named_sharding
+    from e1jax.tokenizer import Tokenizer
+
+    cfg = cfg.effective()
+    is_main = jax.process_index() == 0
+    out_dir = Path(cfg.run.out_dir)
+    mesh = make_mesh(cfg.mesh)
+
+    model_dir = resolve_model_dir(cfg.model.path)
+    dtype = compute_dtype(cfg.model.dtype)
+    model_config = load_model_config(model_dir, param_dtype=cfg.model.param_dtype, dtype=dtype,
+                                     remat=cfg.model.remat)
+    tokenizer = Tokenizer.load(model_dir)
+    ids = special_ids(tokenizer)
+    decode = decoder(tokenizer)
+    reward_fn = make_reward_fn(cfg.reward.kind, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s)
+    tokenize = make_tokenize(tokenizer, cfg.data)
+    limit = model_config.max_position_embeddings
+    needed = cfg.data.max_prompt_len + cfg.rollout.think_budget + 1 + cfg.rollout.solution_budget
+    if needed > limit:
+        raise E1Error(f"data.max_prompt_len + budgets ({needed} tokens) exceed the model's context {limit}")
+
+    # Every host reads the whole global batch; the sampler and the update shard it.
+    iterator = make_train_iterator(load_records(cfg.data.train_files), tokenize,
+                                   batch_size=cfg.batch.prompts_per_step, max_prompt_len=cfg.data.max_prompt_len,
+                                   seed=cfg.data.seed, shard_index=0, shard_count=1)
+    validation_sets = load_validation_sets(cfg, tokenize)
+
+    optimizer, update = _optimizer_and_update(model_config, cfg.grpo, cfg.optim, cfg.batch.micro_batch or None, mesh)
+    use_kl = cfg.grpo.kl_coef > 0
+    store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    resume_step = store.latest_step() if cfg.checkpoint.resume else None
+
+    ref_params = None
+    if resume_step is None:
+        params = load_params(model_dir, model_config, mesh)
+        if use_kl:
+            ref_params = jax.tree.map(lambda x: x.copy(), params)  # the update donates `params`
+        state = init_train_state(params, optimizer)
+        start_step = 0
+    else:
+        abstract_params, abstract_opt, step_sharding = _abstract_state(model_config, optimizer, mesh)
+        restored = store.restore(resume_step, params=abstract_params,
+                                 opt_state={"opt_state": abstract_opt,
+                                            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=step_sharding)})
+        meta = restored["meta"]
+        if meta.get("run_seed") != cfg.run.seed:
+            raise E1Error(f"checkpoint {store.directory}/{resume_step} was made with run.seed={meta.get('run_seed')}, "
+                          f"not {cfg.run.seed}; use the same seed or a new checkpoint.dir")
+        iterator.set_state(meta["data"])
+        state = TrainState(params=restored["params"], opt_state=restored["opt_state"]["opt_state"],
+                           step=restored["opt_state"]["step"])
+        if use_kl:
+            ref_params = load_params(model_dir, model_config, mesh)
+        start_step = resume_step
+
+    settings = RolloutSettings.from_config(cfg.rollout)
+    micro = cfg.batch.micro_batch or cfg.batch.mini_batch * cfg.rollout.n
+    meta_static = {"run_seed": cfg.run.seed, "config": to_dict(cfg), **model_meta(model_config, model_dir)}
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.device_put(x, named_sharding(("batch", "length"), x.shape, mesh))
+
+    logger = MetricsLogger(out_dir, tensorboard=cfg.run.tensorboard, resume_step=start_step, active=is_main)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        import json
+
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    progress = None
+    if is_main and cfg.run.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=cfg.run.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    row: dict[str, Any] = {}
+    step = start_step
+    try:
+        for step in range(start_step + 1, cfg.run.steps + 1):
+            t_step = time.perf_counter()
+            prompts = next(iterator)
+            rollout = run_rollout(model_config, state.params, prompts, settings=settings, ids=ids, decode=decode,
+                                  reward_fn=reward_fn, seed=step_seed(cfg.run.seed, step), mesh=mesh,
+                                  max_prompt_len=cfg.data.max_prompt_len, adv_eps=cfg.grpo.adv_eps,
+                                  generate_fn=generate_fn)
+            seqs = build_sequences(rollout, pad_id=ids.pad_id, train_forced_tokens=cfg.grpo.train_forced_tokens)
+
+            t_logp = time.perf_counter()
+            tokens, mask = put(seqs.tokens), put(seqs.attention_mask)
+            old_logp = compute_logprobs(model_config, state.params, tokens, mask, cfg.grpo.temperature, micro, mesh=mesh)
+            ref_logp = (compute_logprobs(model_config, ref_params, tokens, mask, cfg.grpo.temperature, micro, mesh=mesh)
+                        if use_kl else None)
+            old_host = np.asarray(jax.device_get(old_logp))
+            logprob_s = time.perf_counter() - t_logp
+
+            t_update = time.perf_counter()
+            update_rows = []
+            rows = cfg.batch.mini_batch * settings.n
+            for k, part in enumerate(mini_batches(seqs, cfg.batch.mini_batch, settings.n)):
+                sl = slice(k * rows, (k + 1) * rows)
+                batch = UpdateBatch(tokens=part.tokens, attention_mask=part.attention_mask,
+                                    loss_mask=part.loss_mask, advantages=part.advantages,
+                                    old_logp=old_logp[sl], ref_logp=None if ref_logp is None else ref_logp[sl])
+                state, metrics = update(state, shard_batch(batch, mesh))
+                update_rows.append(metrics)
+            update_rows = jax.device_get(update_rows)
+            update_s = time.perf_counter() - t_update
+
+            metrics = rollout_metrics(rollout)
+            metrics.update(_combine_update_metrics(update_rows))
+            lm = seqs.loss_mask
+            if lm.any():
+                metrics["rollout/logp_diff"] = float(np.abs(seqs.sampler_logp - old_host)[lm].mean())
+            metrics["data/epoch"] = float(iterator.epoch)
+            generated = float(np.sum(rollout.gen.lengths))
+            processed = float(np.sum(seqs.attention_mask))  # every sequence goes through one update
+            metrics["perf/rollout_tokens_per_s"] = generated / max(rollout.generate_s, 1e-9)
+            metrics["perf/update_tokens_per_s"] = processed / max(update_s, 1e-9)
+            metrics["time/rollout_s"] = rollout.generate_s
+            metrics["time/grading_s"] = rollout.grading_s
+            metrics["time/logprob_s"] = logprob_s
+            metrics["time/update_s"] = update_s
+
+            v = cfg.run.validation
+            if validation_sets and v.every and step % v.every == 0:
+                t_val = time.perf_counter()
+                for name, records in validation_sets.items():
+                    results = evaluate_budgets(
+                        model_config, state.params, records, think_budgets=v.think_budgets,
+                        solution_budget=v.solution_budget, ids=ids, decode=decode, reward_fn=reward_fn, n=v.n,
+                        temperature=v.temperature, top_p=v.top_p,
+                        seed=step_seed(cfg.run.seed, step, VALIDATION_STREAM), mesh=mesh, generate_fn=generate_fn)
+                    for budget, values in results.items():
+                        for key, value in values.items():
+                            metrics[f"val/{name}/t{budget}/{key}"] = value
+                metrics["time/validation_s"] = time.perf_counter() - t_val
+            metrics["time/step_s"] = time.perf_counter() - t_step
+
+            row = logger.log(step, metrics)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(reward=f"{row['reward/mean']:.3f}", len=f"{row['response/length_mean']:.0f}")
+                if step % cfg.run.log_every == 0:
+                    progress.write(_console_line(step, row))
+            if callback is not None:
+                callback("step_end", step)
+
+            every = cfg.checkpoint.every
+            if (every and step % every == 0) or step == cfg.run.steps:
+                store.save(step, params=state.params, opt_state={"opt_state": state.opt_state, "step": state.step},
+                           meta={**meta_static, "data": iterator.get_state()})
+                if callback is not None:
+                    callback("save_started", step)
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.close()
+        store.close()  # waits for a pending asynchronous save
+    return TrainResult(start_step=start_step, final_step=step, last_metrics=row, out_dir=out_dir)
