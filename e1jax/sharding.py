@@ -144,3 +144,17 @@ def put_on_mesh(tree: Any, logical_tree: Any, mesh: Mesh) -> Any:
     """device_put a host/device pytree onto `mesh` following logical axes."""
     shardings = tree_shardings(logical_tree, tree, mesh)
     return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, s), tree, shardings)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A (possibly multi-host, sharded) array as one numpy array on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from the same host value on every process (only local shards are copied)."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -237,7 +237,7 @@ def test_cli_on_a_mesh_matches_single_device_samples(env, cli_run, tmp_path):
     reference, _, _ = cli_run
     out = tmp_path / "mesh"
     rc, _, stderr = run_cli(["--model", env["model"], "--data", env["data"]["sums"], *COMMON, "--limit", "2",
-                             "--mesh", "data=2", "--no-progress", "--out", out])
+                             "--mesh", "data=2,tensor=4", "--no-progress", "--out", out])
     assert rc == 0, stderr
     key = lambda s: (s["problem_id"], s["sample"], s["budget"])  # noqa: E731
     want = {key(s): s["token_ids"] for s in read_samples(reference)

@@ -11,6 +11,7 @@ from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import init_params
 from e1jax.models.scoring import next_token_logprobs
+from e1jax.rl.bench_update import bench_update
 from e1jax.rl.grpo import GRPOConfig, group_advantages, response_loss_mask, sequence_loss_mask
 from e1jax.rl.update import (
     OptimConfig,
@@ -147,17 +148,23 @@ def _assert_same_step(state, expected):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-5 * scale, rtol=1e-4), mu, mu_expected)
 
 
-@pytest.mark.parametrize("spec", ["data=2,tensor=4", "fsdp=8"])
-def test_sharded_step_equals_single_device(setup, spec):
+@pytest.mark.parametrize("spec,kl", [("data=2,tensor=4", True), ("fsdp=8", False)])
+def test_sharded_step_equals_single_device(setup, spec, kl):
     params, batch = setup
-    single_state, single_m = _step(_fresh(params), batch, micro=4, **SMOOTH)
+    grpo = GRPO if kl else GRPOConfig(kl_coef=0.0)
+    if not kl:
+        batch = batch.replace(ref_logp=None)
+    single_state, single_m = _step(_fresh(params), batch, micro=4, grpo=grpo, **SMOOTH)
     mesh = make_mesh(spec)
-    opt, update = _update_fn(4, SMOOTH["lr"], SMOOTH["eps"], GRPO, mesh)
+    opt, update = _update_fn(4, SMOOTH["lr"], SMOOTH["eps"], grpo, mesh)
     sharded_params = init_params(TINY, 0, mesh=mesh)
     state = init_train_state(sharded_params, opt)
     expected = train_state_shardings(TINY, opt, mesh)
     jax.tree.map(lambda x, s: _assert_same_sharding(x, s), state, expected)
-    new_state, metrics = update(state, shard_batch(batch, mesh))
+    sharded_batch = shard_batch(batch, mesh)
+    assert not sharded_batch.tokens.sharding.is_fully_replicated
+    new_state, metrics = update(state, sharded_batch)
+    assert set(metrics) == set(single_m)
     jax.tree.map(lambda x, s: _assert_same_sharding(x, s), new_state, expected)
     # the mesh really splits something
     assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
@@ -207,3 +214,13 @@ def test_schedules():
     assert float(lin(10)) == pytest.approx(1e-3) and float(lin(60)) == pytest.approx(5e-4)
     with pytest.raises(E1Error):
         OptimConfig(schedule="step")
+
+
+def test_bench_update_reports_throughput():
+    result = bench_update(TINY, batch_size=4, seq_len=12, micro_batch=2, steps=1, warmup=1, peak_flops=1e12)
+    assert result["tokens_per_s"] > 0 and result["compile_s"] > 0
+    assert result["flops_per_step"] == pytest.approx(
+        4 * 12 * (6 * (TINY.num_params() - 128 * 64) + 12 * 2 * 4 * 16 * 12)
+    )
+    assert result["mfu"] == pytest.approx(result["flops_per_s"] / 1e12)
+    assert np.isfinite(result["loss"])

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from e1jax.commands.common import add_model_args, load_model_from_args
+from e1jax.distributed import add_distributed_args, initialize_from_args, is_main_process
 from e1jax.errors import E1Error
 
 
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
                         help="EOS while thinking ends the sample (stop) or, as the original did, gets </think> appended")
     parser.add_argument("--no-chat-template", action="store_true", help="use the prompt text as is, without E1 instruction or chat template")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample per line")
+    add_distributed_args(parser)
     parser.set_defaults(func=run)
 
 
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from e1jax.sharding import make_mesh
     from e1jax.tokenizer import Tokenizer
 
+    initialize_from_args(args)
     problems = read_prompts(args)
     for name in ("think_budget", "solution_budget", "max_new_tokens", "n"):
         if getattr(args, name) <= 0:
@@ -83,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         solution_budget=args.solution_budget, max_new_tokens=args.max_new_tokens, sampling=sampling,
         n=args.n, seed=args.seed, mesh=mesh, eos_in_thinking=args.eos_in_thinking, max_prompt_len=args.max_prompt_len,
     )
+    if not is_main_process():
+        return 0
     for row in range(len(out)):
         record = sample_record(out, row, tokenizer, problems[out.prompt_index[row]], len(close_ids))
         if args.json:

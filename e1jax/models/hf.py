@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import Params, abstract_params, param_shardings
+from e1jax.sharding import from_host, to_host
 from e1jax.models.safetensors_io import SafetensorsFile, dtype_from_name, save_file, shard_plan
 
 TOKENIZER_FILES = (
@@ -225,7 +226,7 @@ def load_params(model_dir: str | Path, config: ModelConfig, mesh: Mesh | None = 
             array = jax.device_put(host)
         else:
             sharding = _get_path(shardings, tmap.path)
-            array = jax.make_array_from_callback(host.shape, sharding, lambda idx, h=host: h[idx])
+            array = from_host(host, sharding)
         _set_path(params, tmap.path, array)
         del host
     return params
@@ -235,14 +236,6 @@ def load_model(model: str | Path, mesh: Mesh | None = None, **overrides: Any) ->
     model_dir = resolve_model_dir(model)
     config = load_config(model_dir, **overrides)
     return config, load_params(model_dir, config, mesh)
-
-
-def _host_array(x: jax.Array) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
 
 
 def save_hf(
@@ -263,7 +256,7 @@ def save_hf(
     target = dtype_from_name(dtype or config.param_dtype)
     tensors: dict[str, np.ndarray] = {}
     for tmap in tensor_maps(config):
-        value = _host_array(_get_path(params, tmap.path))
+        value = to_host(_get_path(params, tmap.path))
         if tmap.per_layer:
             for i in range(config.num_layers):
                 tensors[tmap.hf_name.format(i=i)] = np.ascontiguousarray(tmap.to_hf(value[i], config).astype(target))

@@ -211,6 +211,35 @@ def _console_line(step: int, row: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+@functools.cache
+def _helpers():
+    import jax
+    import jax.numpy as jnp
+
+    def masked_abs_diff(a, b, mask):
+        mask = mask.astype(jnp.float32)
+        return jnp.sum(jnp.abs(a - b) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    def split_rows(x, parts):
+        rows = x.shape[0] // parts
+        return [x[i * rows:(i + 1) * rows] for i in range(parts)]
+
+    return (jax.jit(masked_abs_diff), jax.jit(split_rows, static_argnums=1),
+            jax.jit(lambda tree: jax.tree.map(jnp.copy, tree)))
+
+
+def _masked_abs_diff(a, b, mask):
+    return _helpers()[0](a, b, mask)
+
+
+def _split_rows(x, parts):
+    return _helpers()[1](x, parts)
+
+
+def _copy_tree(tree):
+    return _helpers()[2](tree)
+
+
 @functools.lru_cache(maxsize=4)
 def _optimizer_and_update(model_config, grpo_cfg, optim_cfg, micro_batch, mesh):
     """Cached per configuration, so repeated train() calls in one process compile once."""
@@ -273,7 +302,7 @@ def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: 
     if resume_step is None:
         params = load_params(model_dir, model_config, mesh)
         if use_kl:
-            ref_params = jax.tree.map(lambda x: x.copy(), params)  # the update donates `params`
+            ref_params = _copy_tree(params)  # the update donates `params`
         state = init_train_state(params, optimizer)
         start_step = 0
     else:
@@ -329,17 +358,19 @@ def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: 
             old_logp = compute_logprobs(model_config, state.params, tokens, mask, cfg.grpo.temperature, micro, mesh=mesh)
             ref_logp = (compute_logprobs(model_config, ref_params, tokens, mask, cfg.grpo.temperature, micro, mesh=mesh)
                         if use_kl else None)
-            old_host = np.asarray(jax.device_get(old_logp))
+            logp_diff = _masked_abs_diff(old_logp, put(seqs.sampler_logp), put(seqs.loss_mask))
+            jax.block_until_ready((old_logp, ref_logp))
             logprob_s = time.perf_counter() - t_logp
 
             t_update = time.perf_counter()
+            parts = mini_batches(seqs, cfg.batch.mini_batch, settings.n)
+            old_parts = _split_rows(old_logp, len(parts))
+            ref_parts = _split_rows(ref_logp, len(parts)) if use_kl else [None] * len(parts)
             update_rows = []
-            rows = cfg.batch.mini_batch * settings.n
-            for k, part in enumerate(mini_batches(seqs, cfg.batch.mini_batch, settings.n)):
-                sl = slice(k * rows, (k + 1) * rows)
+            for part, old_part, ref_part in zip(parts, old_parts, ref_parts):
                 batch = UpdateBatch(tokens=part.tokens, attention_mask=part.attention_mask,
                                     loss_mask=part.loss_mask, advantages=part.advantages,
-                                    old_logp=old_logp[sl], ref_logp=None if ref_logp is None else ref_logp[sl])
+                                    old_logp=old_part, ref_logp=ref_part)
                 state, metrics = update(state, shard_batch(batch, mesh))
                 update_rows.append(metrics)
             update_rows = jax.device_get(update_rows)
@@ -347,9 +378,8 @@ def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: 
 
             metrics = rollout_metrics(rollout)
             metrics.update(_combine_update_metrics(update_rows))
-            lm = seqs.loss_mask
-            if lm.any():
-                metrics["rollout/logp_diff"] = float(np.abs(seqs.sampler_logp - old_host)[lm].mean())
+            # sampler vs trainer log-probs of the trained tokens: should stay ~0 (fp32 both sides)
+            metrics["rollout/logp_diff"] = to_float(jax.device_get(logp_diff))
             metrics["data/epoch"] = float(iterator.epoch)
             generated = float(np.sum(rollout.gen.lengths))
             processed = float(np.sum(seqs.attention_mask))  # every sequence goes through one update

@@ -197,10 +197,18 @@ def shard_batch(batch: UpdateBatch, mesh: Mesh | None) -> UpdateBatch:
         return jax.tree.map(jnp.asarray, batch)
 
     def put(axes, x):
+        if x is None:
+            return None
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
         return jax.device_put(x, named_sharding(axes, x.shape, mesh))
 
-    return jax.tree.map(put, BATCH_LOGICAL_AXES, batch, is_leaf=lambda x: isinstance(x, tuple))
+    return _map_axes(put, batch)
+
+
+def _map_axes(fn: Callable, batch: UpdateBatch) -> UpdateBatch:
+    """fn(logical_axes, field) over the batch's fields (None fields stay None)."""
+    return UpdateBatch(**{f.name: fn(getattr(BATCH_LOGICAL_AXES, f.name), getattr(batch, f.name))
+                          for f in dataclasses.fields(UpdateBatch)})
 
 
 def _split(x: jax.Array, num_micro: int) -> jax.Array:
@@ -304,7 +312,7 @@ def make_update_fn(
     """
 
     def loss_fn(params, mb: UpdateBatch, num_tokens):
-        mb = jax.tree.map(lambda axes, x: constrain(x, axes), BATCH_LOGICAL_AXES, mb, is_leaf=lambda x: isinstance(x, tuple))
+        mb = _map_axes(lambda axes, x: None if x is None else constrain(x, axes), mb)
         logp, entropy = next_token_logprobs(
             model_config, params, mb.tokens, mb.attention_mask, grpo_cfg.temperature, with_entropy=True
         )
@@ -343,7 +351,7 @@ def make_update_fn(
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             metrics = dict(metrics)
-            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["grad_norm"] = optax.tree.norm(grads)
             metrics["num_tokens"] = num_tokens
             lr = current_learning_rate(opt_state)
             if lr is not None:

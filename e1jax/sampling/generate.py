@@ -16,7 +16,7 @@ from e1jax.models.config import ModelConfig
 from e1jax.models.qwen import Qwen, init_cache
 from e1jax.sampling import loop
 from e1jax.sampling.ops import SamplingParams
-from e1jax.sharding import activate, named_sharding
+from e1jax.sharding import activate, from_host, named_sharding, to_host
 
 Mode = Literal["elastic", "plain"]
 
@@ -229,7 +229,7 @@ def _place(mesh, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     out = {}
     for k, v in arrays.items():
         axes = ("batch",) + (None,) * (v.ndim - 1)
-        out[k] = jax.device_put(v, named_sharding(axes, v.shape, mesh))
+        out[k] = from_host(v, named_sharding(axes, v.shape, mesh))
     return out
 
 
@@ -294,7 +294,7 @@ def generate(
             config=config, n=n, cache_len=width + out_width + 2, out_width=out_width, plain=plain,
             eos_forces_close=eos_in_thinking == "append_close",
         )
-    out = jax.tree.map(lambda x: np.asarray(jax.device_get(x))[: count * n], out)
+    out = jax.tree.map(lambda x: to_host(x)[: count * n], out)
     return _assemble(out, count, n, ids, plain, tb, sb)
 
 

@@ -41,7 +41,7 @@ from e1jax.sampling.generate import (
     prompt_bucket,
 )
 from e1jax.sampling.ops import SamplingParams
-from e1jax.sharding import activate
+from e1jax.sharding import activate, to_host
 
 
 @functools.partial(jax.jit, static_argnames=("config", "n", "cache_len", "out_width"))
@@ -171,8 +171,8 @@ def budget_sweep(
             params, cache, think, jnp.asarray(budgets, jnp.int32), placed["sb"], placed["ids"], jnp.uint32(seed), _settings(sampling, ids, solve_width + 1),
             config=config, prompt_width=width, out_width=solve_width, eos_forces_close=eos_in_thinking == "append_close",
         )
-    think = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), think)
-    solved = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), solved)
+    think = jax.tree.map(to_host, think)
+    solved = jax.tree.map(to_host, solved)
     results = {}
     total = count * n
     for i, budget in enumerate(budgets):

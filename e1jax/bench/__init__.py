@@ -1,0 +1,1 @@
+"""Benchmarks behind `python -m e1jax bench`."""

@@ -1,0 +1,94 @@
+"""`e1jax bench`: decode throughput vs transformers, the memory roofline, the budget sweep, the update step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from e1jax.models.config import PRESETS, ModelConfig
+
+TINY = ModelConfig("qwen2", 4096, 128, 512, 4, 4, 2, 32, max_position_embeddings=4096)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="speed benchmarks, side by side with transformers")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="tiny model only, short runs (smoke test)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the transformers (PyTorch) runs")
+    parser.add_argument("--large", default="qwen2.5-0.5b", help=f"preset for the large decode case ({', '.join(PRESETS)})")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: float32 on CPU, bfloat16 on accelerators")
+    parser.add_argument("--large-batches", default="1,8")
+    parser.add_argument("--tiny-batch", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: decode,sweep,update")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from e1jax.bench.decode import decode_case, sweep_case
+    from e1jax.bench.machine import machine_info, read_bandwidth
+    from e1jax.commands.common import default_dtype
+
+    def log(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    skip = set(filter(None, args.skip.split(",")))
+    dtype = args.dtype or default_dtype()
+    peer = not args.no_peer
+    result: dict = {"machine": machine_info()}
+    bandwidth = read_bandwidth(1 << 28 if args.quick else 1 << 30)
+    result["machine"]["read_bandwidth_gb_s"] = bandwidth / 1e9
+    log(f"read bandwidth {bandwidth / 1e9:.1f} GB/s")
+
+    if "decode" not in skip:
+        rows = []
+        if not args.quick:
+            large = PRESETS[args.large].replace(param_dtype=dtype, dtype=dtype)
+            batches = [int(b) for b in args.large_batches.split(",")]
+            rows += decode_case(f"{args.large}-shape", large, batches, 32, args.new_tokens, bandwidth, peer, log)
+        tiny = TINY.replace(param_dtype=dtype, dtype=dtype)
+        tiny_batch = 8 if args.quick else args.tiny_batch
+        rows += decode_case("tiny", tiny, [tiny_batch], 32, 16 if args.quick else 128, bandwidth, peer, log)
+        result["decode"] = rows
+
+    if "sweep" not in skip:
+        budgets = [8, 16, 24, 32] if args.quick else [128, 256, 384, 512]
+        solution = 8 if args.quick else 128
+        result["sweep"] = sweep_case(TINY.replace(param_dtype=dtype, dtype=dtype), 8 if args.quick else 16, 32, budgets, solution, log)
+        log(json.dumps(result["sweep"]))
+
+    if "update" not in skip:
+        try:
+            from e1jax.rl.update import bench_update
+        except ImportError:
+            bench_update = None
+        if bench_update is not None:
+            config = (TINY if args.quick else PRESETS[args.large]).replace(param_dtype=dtype, dtype=dtype)
+            log("update step ...")
+            result["update"] = bench_update(config, batch=2 if args.quick else 8, seq_len=64 if args.quick else 512, micro_batch=2)
+            log(json.dumps(result["update"]))
+
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_report(result))
+    return 0
+
+
+def format_report(result: dict) -> str:
+    lines = [f"machine: {json.dumps(result['machine'])}"]
+    for row in result.get("decode", []):
+        peer = row["transformers_tokens_per_s"]
+        line = (f"decode {row['model']:<22} batch {row['batch']:>3}: e1jax {row['e1jax_tokens_per_s']:9.1f} tok/s"
+                f" | transformers {peer:9.1f} tok/s | ratio {row['ratio']:.2f}" if peer else
+                f"decode {row['model']:<22} batch {row['batch']:>3}: e1jax {row['e1jax_tokens_per_s']:9.1f} tok/s")
+        if "roofline_tokens_per_s" in row:
+            line += f" | roofline {row['roofline_tokens_per_s']:.1f} tok/s ({100 * row['roofline_fraction']:.0f}%)"
+        lines.append(line)
+    if "sweep" in result:
+        s = result["sweep"]
+        lines.append(f"sweep {s['budgets']}: {s['sweep_s']:.2f}s vs separate {s['separate_s']:.2f}s (ratio {s['ratio']:.2f})")
+    if "update" in result:
+        lines.append(f"update: {json.dumps(result['update'])}")
+    return "\n".join(lines)
