@@ -12,7 +12,7 @@ def add_model_args(parser: argparse.ArgumentParser, mesh: bool = True) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="parameter and compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
     if mesh:
-        parser.add_argument("--mesh", default=None, help="device mesh, e.g. data=2,tensor=4 (default: data over all devices)")
+        parser.add_argument("--mesh", default=None, help="device mesh over all devices, e.g. data=2,tensor=4 or fsdp=-1 (default: a single device)")
 
 
 def default_dtype() -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from e1jax.errors import E1Error
-from e1jax.eval.metrics import AVERAGED, PLAIN, average_metrics, sorted_budget_keys
+from e1jax.eval.metrics import PLAIN, average_metrics, sorted_budget_keys
 from e1jax.eval.store import RESULTS_FILE
 
 TABLE_FILE = "results.md"
@@ -226,7 +226,6 @@ def combine_runs(paths: Sequence[str | Path], names: Sequence[str] | None = None
 
 
 __all__ = [
-    "AVERAGED",
     "combine_runs",
     "comparison_markdown",
     "load_results",

@@ -48,6 +48,7 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int = 0
     eos_in_thinking: Literal["stop", "append_close"] = "stop"
+    chunk_prompts: int = 0  # generate this many prompts (x n samples) per sampler call; 0: all at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +162,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _require(r.temperature > 0, f"rollout.temperature must be > 0 for training, got {r.temperature}")
     _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
     _require(r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}")
+    _require(r.chunk_prompts >= 0, f"rollout.chunk_prompts must be >= 0, got {r.chunk_prompts}")
     _require(cfg.data.max_prompt_len > 0, f"data.max_prompt_len must be positive, got {cfg.data.max_prompt_len}")
     _require(cfg.run.steps > 0, f"run.steps must be positive, got {cfg.run.steps}")
     _require(cfg.run.log_every > 0, f"run.log_every must be positive, got {cfg.run.log_every}")

@@ -116,6 +116,7 @@ class RolloutSettings:
     top_p: float = 1.0
     top_k: int = 0
     eos_in_thinking: str = "stop"
+    chunk_prompts: int = 0  # prompts per sampler call; 0: all at once
 
     @classmethod
     def from_config(cls, section: Any) -> RolloutSettings:
@@ -142,6 +143,44 @@ class Rollout:
     @property
     def num_samples(self) -> int:
         return len(self.rewards)
+
+
+def generate_in_chunks(generate_fn: GenerateFn, model_config: Any, params: Any, prompts: list[list[int]], *,
+                       chunk_prompts: int, n: int, pad_id: int, **kwargs: Any) -> Any:
+    """generate_fn over `chunk_prompts` prompts at a time (all at once when 0), joined in
+    prompt order. Each chunk passes the global sample ids, so the samples do not depend
+    on the chunking (the sampler keys its randomness by (seed, sample id))."""
+    if not chunk_prompts or chunk_prompts >= len(prompts):
+        return generate_fn(model_config, params, prompts, n=n, **kwargs)
+    parts = []
+    for start in range(0, len(prompts), chunk_prompts):
+        chunk = prompts[start:start + chunk_prompts]
+        sample_ids = np.arange(start * n, (start + len(chunk)) * n)
+        parts.append(generate_fn(model_config, params, chunk, n=n, sample_ids=sample_ids, **kwargs))
+    return concat_generations(parts, pad_id=pad_id)
+
+
+def concat_generations(parts: Sequence[Any], *, pad_id: int) -> Any:
+    """Join GenerationOutputs of consecutive prompt chunks (response widths padded to the widest)."""
+    first = parts[0]
+    names = ([f.name for f in dataclasses.fields(first)] if dataclasses.is_dataclass(first)
+             else list(vars(first)))
+    width = max(p.tokens.shape[1] for p in parts)
+    fill = {"tokens": pad_id, "logprobs": 0.0, "forced": False}
+    fields: dict[str, Any] = {}
+    offsets = np.cumsum([0] + [int(p.prompt_index.max()) + 1 for p in parts[:-1]])
+    for name in names:
+        values = [getattr(p, name) for p in parts]
+        if name == "prompt_index":
+            fields[name] = np.concatenate([v + off for v, off in zip(values, offsets)])
+        elif isinstance(values[0], np.ndarray) and values[0].ndim == 2:
+            padded = [np.pad(v, ((0, 0), (0, width - v.shape[1])), constant_values=fill.get(name, 0)) for v in values]
+            fields[name] = np.concatenate(padded)
+        elif isinstance(values[0], np.ndarray):
+            fields[name] = np.concatenate(values)
+        else:
+            fields[name] = [x for v in values for x in v]
+    return type(first)(**fields)
 
 
 def response_text(tokens: np.ndarray, length: int, decode: Callable[[list[int]], str],
@@ -178,9 +217,9 @@ def run_rollout(
     prompts = [list(map(int, r["prompt_ids"])) for r in records]
     sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     start = time.perf_counter()
-    gen = generate_fn(
-        model_config, params, prompts, ids=ids, mode="elastic",
-        think_budget=settings.think_budget, solution_budget=settings.solution_budget,
+    gen = generate_in_chunks(
+        generate_fn, model_config, params, prompts, chunk_prompts=settings.chunk_prompts, pad_id=ids.pad_id,
+        ids=ids, mode="elastic", think_budget=settings.think_budget, solution_budget=settings.solution_budget,
         sampling=sampling, n=settings.n, seed=seed, mesh=mesh,
         eos_in_thinking=settings.eos_in_thinking, max_prompt_len=max_prompt_len,
     )

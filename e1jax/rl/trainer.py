@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from e1jax.rl.rollout import (
     RewardFn,
     RolloutSettings,
     build_sequences,
+    generate_in_chunks,
     make_reward_fn,
     mini_batches,
     response_text,
@@ -118,6 +120,7 @@ def evaluate_budgets(
     top_p: float = 0.95,
     seed: int = 0,
     mesh: Any = None,
+    chunk_prompts: int = 0,
     generate_fn: GenerateFn | None = None,
 ) -> dict[int, dict[str, float]]:
     """Elastic evaluation of `records` (with `prompt_ids`) at each thinking budget:
@@ -133,8 +136,9 @@ def evaluate_budgets(
     strip = tuple(ids.eos_ids) + (ids.pad_id,)
     results = {}
     for budget in think_budgets:
-        gen = generate_fn(model_config, params, prompts, ids=ids, mode="elastic", think_budget=int(budget),
-                          solution_budget=int(solution_budget), sampling=sampling, n=n, seed=seed, mesh=mesh)
+        gen = generate_in_chunks(generate_fn, model_config, params, prompts, chunk_prompts=chunk_prompts, n=n,
+                                 pad_id=ids.pad_id, ids=ids, mode="elastic", think_budget=int(budget),
+                                 solution_budget=int(solution_budget), sampling=sampling, seed=seed, mesh=mesh)
         texts = [response_text(gen.tokens[i], int(gen.lengths[i]), decode, strip) for i in range(len(gen.lengths))]
         grades = reward_fn(texts, [records[i] for i in gen.prompt_index])
         results[int(budget)] = {
@@ -249,162 +253,192 @@ def _optimizer_and_update(model_config, grpo_cfg, optim_cfg, micro_batch, mesh):
     return optimizer, make_update_fn(model_config, grpo_cfg, optimizer, micro_batch=micro_batch, mesh=mesh)
 
 
-def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: Callback | None = None) -> TrainResult:
-    """Run (or resume) the GRPO run described by `cfg`."""
-    import jax
-    import jax.numpy as jnp
+@dataclasses.dataclass
+class _Run:
+    """Everything a step needs that does not change from step to step."""
 
+    cfg: TrainConfig
+    mesh: Any
+    model_dir: Path
+    model_config: Any
+    ids: Any
+    decode: Callable[[list[int]], str]
+    reward_fn: RewardFn
+    iterator: Any
+    validation_sets: dict[str, list[dict]]
+    optimizer: Any
+    update: Callable
+    generate_fn: GenerateFn | None
+
+    @property
+    def settings(self) -> RolloutSettings:
+        return RolloutSettings.from_config(self.cfg.rollout)
+
+
+def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     from e1jax.data.pipeline import make_train_iterator
     from e1jax.models.hf import load_config as load_model_config
-    from e1jax.models.hf import load_params, resolve_model_dir
-    from e1jax.rl.checkpoint import CheckpointStore, model_meta
-    from e1jax.rl.update import (
-        TrainState,
-        UpdateBatch,
-        compute_logprobs,
-        init_train_state,
-        shard_batch,
-    )
-    from e1jax.sharding import make_mesh, named_sharding
+    from e1jax.models.hf import resolve_model_dir
+    from e1jax.sharding import make_mesh
     from e1jax.tokenizer import Tokenizer
 
-    cfg = cfg.effective()
-    is_main = jax.process_index() == 0
-    out_dir = Path(cfg.run.out_dir)
     mesh = make_mesh(cfg.mesh)
-
     model_dir = resolve_model_dir(cfg.model.path)
-    dtype = compute_dtype(cfg.model.dtype)
-    model_config = load_model_config(model_dir, param_dtype=cfg.model.param_dtype, dtype=dtype,
-                                     remat=cfg.model.remat)
-    tokenizer = Tokenizer.load(model_dir)
-    ids = special_ids(tokenizer)
-    decode = decoder(tokenizer)
-    reward_fn = make_reward_fn(cfg.reward.kind, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s)
-    tokenize = make_tokenize(tokenizer, cfg.data)
-    limit = model_config.max_position_embeddings
+    model_config = load_model_config(model_dir, param_dtype=cfg.model.param_dtype,
+                                     dtype=compute_dtype(cfg.model.dtype), remat=cfg.model.remat)
     needed = cfg.data.max_prompt_len + cfg.rollout.think_budget + 1 + cfg.rollout.solution_budget
-    if needed > limit:
-        raise E1Error(f"data.max_prompt_len + budgets ({needed} tokens) exceed the model's context {limit}")
-
+    if needed > model_config.max_position_embeddings:
+        raise E1Error(f"data.max_prompt_len + budgets ({needed} tokens) exceed the model's context "
+                      f"{model_config.max_position_embeddings}")
+    tokenizer = Tokenizer.load(model_dir)
+    tokenize = make_tokenize(tokenizer, cfg.data)
     # Every host reads the whole global batch; the sampler and the update shard it.
     iterator = make_train_iterator(load_records(cfg.data.train_files), tokenize,
                                    batch_size=cfg.batch.prompts_per_step, max_prompt_len=cfg.data.max_prompt_len,
                                    seed=cfg.data.seed, shard_index=0, shard_count=1)
-    validation_sets = load_validation_sets(cfg, tokenize)
-
     optimizer, update = _optimizer_and_update(model_config, cfg.grpo, cfg.optim, cfg.batch.micro_batch or None, mesh)
+    return _Run(cfg=cfg, mesh=mesh, model_dir=model_dir, model_config=model_config, ids=special_ids(tokenizer),
+                decode=decoder(tokenizer),
+                reward_fn=make_reward_fn(cfg.reward.kind, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s),
+                iterator=iterator, validation_sets=load_validation_sets(cfg, tokenize),
+                optimizer=optimizer, update=update, generate_fn=generate_fn)
+
+
+def _initial_state(run: _Run, store: Any) -> tuple[Any, Any, int]:
+    """(train state, reference params or None, step): fresh from the model, or the
+    latest complete checkpoint (which also restores the data iterator)."""
+    import jax
+    import jax.numpy as jnp
+
+    from e1jax.models.hf import load_params
+    from e1jax.rl.update import TrainState, init_train_state
+
+    cfg = run.cfg
     use_kl = cfg.grpo.kl_coef > 0
-    store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = store.latest_step() if cfg.checkpoint.resume else None
-
-    ref_params = None
     if resume_step is None:
-        params = load_params(model_dir, model_config, mesh)
-        if use_kl:
-            ref_params = _copy_tree(params)  # the update donates `params`
-        state = init_train_state(params, optimizer)
-        start_step = 0
-    else:
-        abstract_params, abstract_opt, step_sharding = _abstract_state(model_config, optimizer, mesh)
-        restored = store.restore(resume_step, params=abstract_params,
-                                 opt_state={"opt_state": abstract_opt,
-                                            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=step_sharding)})
-        meta = restored["meta"]
-        if meta.get("run_seed") != cfg.run.seed:
-            raise E1Error(f"checkpoint {store.directory}/{resume_step} was made with run.seed={meta.get('run_seed')}, "
-                          f"not {cfg.run.seed}; use the same seed or a new checkpoint.dir")
-        iterator.set_state(meta["data"])
-        state = TrainState(params=restored["params"], opt_state=restored["opt_state"]["opt_state"],
-                           step=restored["opt_state"]["step"])
-        if use_kl:
-            ref_params = load_params(model_dir, model_config, mesh)
-        start_step = resume_step
+        params = load_params(run.model_dir, run.model_config, run.mesh)
+        ref_params = _copy_tree(params) if use_kl else None  # the update donates `params`
+        return init_train_state(params, run.optimizer), ref_params, 0
+    params, opt_state, step_sharding = _abstract_state(run.model_config, run.optimizer, run.mesh)
+    restored = store.restore(resume_step, params=params, opt_state={
+        "opt_state": opt_state, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=step_sharding)})
+    meta = restored["meta"]
+    if meta.get("run_seed") != cfg.run.seed:
+        raise E1Error(f"checkpoint {store.directory}/{resume_step} was made with run.seed={meta.get('run_seed')}, "
+                      f"not {cfg.run.seed}; use the same seed or a new checkpoint.dir")
+    run.iterator.set_state(meta["data"])
+    state = TrainState(params=restored["params"], opt_state=restored["opt_state"]["opt_state"],
+                       step=restored["opt_state"]["step"])
+    ref_params = load_params(run.model_dir, run.model_config, run.mesh) if use_kl else None
+    return state, ref_params, resume_step
 
-    settings = RolloutSettings.from_config(cfg.rollout)
-    micro = cfg.batch.micro_batch or cfg.batch.mini_batch * cfg.rollout.n
-    meta_static = {"run_seed": cfg.run.seed, "config": to_dict(cfg), **model_meta(model_config, model_dir)}
+
+def _train_step(run: _Run, state: Any, ref_params: Any, step: int) -> tuple[Any, dict[str, float]]:
+    """One rollout batch and its optimizer updates -> (new state, metrics)."""
+    import jax
+
+    from e1jax.rl.update import UpdateBatch, compute_logprobs, shard_batch
+    from e1jax.sharding import named_sharding
+
+    cfg, mesh, settings = run.cfg, run.mesh, run.settings
+    t_step = time.perf_counter()
+    rollout = run_rollout(run.model_config, state.params, next(run.iterator), settings=settings, ids=run.ids,
+                          decode=run.decode, reward_fn=run.reward_fn, seed=step_seed(cfg.run.seed, step), mesh=mesh,
+                          max_prompt_len=cfg.data.max_prompt_len, adv_eps=cfg.grpo.adv_eps,
+                          generate_fn=run.generate_fn)
+    seqs = build_sequences(rollout, pad_id=run.ids.pad_id, train_forced_tokens=cfg.grpo.train_forced_tokens)
 
     def put(x):
-        x = np.asarray(x)
         return jax.device_put(x, named_sharding(("batch", "length"), x.shape, mesh))
 
-    logger = MetricsLogger(out_dir, tensorboard=cfg.run.tensorboard, resume_step=start_step, active=is_main)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        import json
+    t_logp = time.perf_counter()
+    micro = cfg.batch.micro_batch or cfg.batch.mini_batch * settings.n
+    tokens, mask = put(seqs.tokens), put(seqs.attention_mask)
+    temperature = cfg.grpo.temperature
+    old_logp = compute_logprobs(run.model_config, state.params, tokens, mask, temperature, micro, mesh=mesh)
+    ref_logp = (compute_logprobs(run.model_config, ref_params, tokens, mask, temperature, micro, mesh=mesh)
+                if ref_params is not None else None)
+    logp_diff = _masked_abs_diff(old_logp, put(seqs.sampler_logp), put(seqs.loss_mask))
+    jax.block_until_ready((old_logp, ref_logp))
+    logprob_s = time.perf_counter() - t_logp
 
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    progress = None
-    if is_main and cfg.run.progress:
-        from tqdm.auto import tqdm
+    t_update = time.perf_counter()
+    parts = mini_batches(seqs, cfg.batch.mini_batch, settings.n)
+    old_parts = _split_rows(old_logp, len(parts))
+    ref_parts = _split_rows(ref_logp, len(parts)) if ref_logp is not None else [None] * len(parts)
+    update_metrics = []
+    for part, old_part, ref_part in zip(parts, old_parts, ref_parts):
+        batch = UpdateBatch(tokens=part.tokens, attention_mask=part.attention_mask, loss_mask=part.loss_mask,
+                            advantages=part.advantages, old_logp=old_part, ref_logp=ref_part)
+        state, metrics = run.update(state, shard_batch(batch, mesh))
+        update_metrics.append(metrics)
+    update_metrics = jax.device_get(update_metrics)
+    update_s = time.perf_counter() - t_update
 
-        progress = tqdm(total=cfg.run.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    metrics = rollout_metrics(rollout)
+    metrics.update(_combine_update_metrics(update_metrics))
+    # sampler vs trainer log-probs of the trained tokens: ~0 when both sides agree
+    metrics["rollout/logp_diff"] = to_float(jax.device_get(logp_diff))
+    metrics["data/epoch"] = float(run.iterator.epoch)
+    if run.validation_sets and step % cfg.run.validation.every == 0:
+        t_val = time.perf_counter()
+        metrics.update(_validate(run, state.params, step))
+        metrics["time/validation_s"] = time.perf_counter() - t_val
+    metrics["perf/rollout_tokens_per_s"] = float(np.sum(rollout.gen.lengths)) / max(rollout.generate_s, 1e-9)
+    # every sequence (prompt + response) goes through one forward/backward pass
+    metrics["perf/update_tokens_per_s"] = float(np.sum(seqs.attention_mask)) / max(update_s, 1e-9)
+    metrics["time/rollout_s"] = rollout.generate_s
+    metrics["time/grading_s"] = rollout.grading_s
+    metrics["time/logprob_s"] = logprob_s
+    metrics["time/update_s"] = update_s
+    metrics["time/step_s"] = time.perf_counter() - t_step
+    return state, metrics
 
-    row: dict[str, Any] = {}
-    step = start_step
+
+def _validate(run: _Run, params: Any, step: int) -> dict[str, float]:
+    v = run.cfg.run.validation
+    metrics = {}
+    for name, records in run.validation_sets.items():
+        results = evaluate_budgets(
+            run.model_config, params, records, think_budgets=v.think_budgets, solution_budget=v.solution_budget,
+            ids=run.ids, decode=run.decode, reward_fn=run.reward_fn, n=v.n, temperature=v.temperature,
+            top_p=v.top_p, seed=step_seed(run.cfg.run.seed, step, VALIDATION_STREAM), mesh=run.mesh,
+            chunk_prompts=run.cfg.rollout.chunk_prompts, generate_fn=run.generate_fn)
+        for budget, values in results.items():
+            for key, value in values.items():
+                metrics[f"val/{name}/t{budget}/{key}"] = value
+    return metrics
+
+
+def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: Callback | None = None) -> TrainResult:
+    """Run (or resume) the GRPO run described by `cfg`; `generate_fn` replaces the sampler
+    (same signature as e1jax.sampling.generate)."""
+    import jax
+
+    from e1jax.rl.checkpoint import CheckpointStore, model_meta
+
+    cfg = cfg.effective()
+    is_main = jax.process_index() == 0
+    out_dir = Path(cfg.run.out_dir)
+    run = _prepare(cfg, generate_fn)
+    store = CheckpointStore(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    logger = progress = None
     try:
+        state, ref_params, start_step = _initial_state(run, store)
+        meta_static = {"run_seed": cfg.run.seed, "config": to_dict(cfg),
+                       **model_meta(run.model_config, run.model_dir)}
+        logger = MetricsLogger(out_dir, tensorboard=cfg.run.tensorboard, resume_step=start_step, active=is_main)
+        if is_main:
+            (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            if cfg.run.progress:
+                from tqdm.auto import tqdm
+
+                progress = tqdm(total=cfg.run.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        row: dict[str, Any] = {}
+        step = start_step
         for step in range(start_step + 1, cfg.run.steps + 1):
-            t_step = time.perf_counter()
-            prompts = next(iterator)
-            rollout = run_rollout(model_config, state.params, prompts, settings=settings, ids=ids, decode=decode,
-                                  reward_fn=reward_fn, seed=step_seed(cfg.run.seed, step), mesh=mesh,
-                                  max_prompt_len=cfg.data.max_prompt_len, adv_eps=cfg.grpo.adv_eps,
-                                  generate_fn=generate_fn)
-            seqs = build_sequences(rollout, pad_id=ids.pad_id, train_forced_tokens=cfg.grpo.train_forced_tokens)
-
-            t_logp = time.perf_counter()
-            tokens, mask = put(seqs.tokens), put(seqs.attention_mask)
-            old_logp = compute_logprobs(model_config, state.params, tokens, mask, cfg.grpo.temperature, micro, mesh=mesh)
-            ref_logp = (compute_logprobs(model_config, ref_params, tokens, mask, cfg.grpo.temperature, micro, mesh=mesh)
-                        if use_kl else None)
-            logp_diff = _masked_abs_diff(old_logp, put(seqs.sampler_logp), put(seqs.loss_mask))
-            jax.block_until_ready((old_logp, ref_logp))
-            logprob_s = time.perf_counter() - t_logp
-
-            t_update = time.perf_counter()
-            parts = mini_batches(seqs, cfg.batch.mini_batch, settings.n)
-            old_parts = _split_rows(old_logp, len(parts))
-            ref_parts = _split_rows(ref_logp, len(parts)) if use_kl else [None] * len(parts)
-            update_rows = []
-            for part, old_part, ref_part in zip(parts, old_parts, ref_parts):
-                batch = UpdateBatch(tokens=part.tokens, attention_mask=part.attention_mask,
-                                    loss_mask=part.loss_mask, advantages=part.advantages,
-                                    old_logp=old_part, ref_logp=ref_part)
-                state, metrics = update(state, shard_batch(batch, mesh))
-                update_rows.append(metrics)
-            update_rows = jax.device_get(update_rows)
-            update_s = time.perf_counter() - t_update
-
-            metrics = rollout_metrics(rollout)
-            metrics.update(_combine_update_metrics(update_rows))
-            # sampler vs trainer log-probs of the trained tokens: should stay ~0 (fp32 both sides)
-            metrics["rollout/logp_diff"] = to_float(jax.device_get(logp_diff))
-            metrics["data/epoch"] = float(iterator.epoch)
-            generated = float(np.sum(rollout.gen.lengths))
-            processed = float(np.sum(seqs.attention_mask))  # every sequence goes through one update
-            metrics["perf/rollout_tokens_per_s"] = generated / max(rollout.generate_s, 1e-9)
-            metrics["perf/update_tokens_per_s"] = processed / max(update_s, 1e-9)
-            metrics["time/rollout_s"] = rollout.generate_s
-            metrics["time/grading_s"] = rollout.grading_s
-            metrics["time/logprob_s"] = logprob_s
-            metrics["time/update_s"] = update_s
-
-            v = cfg.run.validation
-            if validation_sets and v.every and step % v.every == 0:
-                t_val = time.perf_counter()
-                for name, records in validation_sets.items():
-                    results = evaluate_budgets(
-                        model_config, state.params, records, think_budgets=v.think_budgets,
-                        solution_budget=v.solution_budget, ids=ids, decode=decode, reward_fn=reward_fn, n=v.n,
-                        temperature=v.temperature, top_p=v.top_p,
-                        seed=step_seed(cfg.run.seed, step, VALIDATION_STREAM), mesh=mesh, generate_fn=generate_fn)
-                    for budget, values in results.items():
-                        for key, value in values.items():
-                            metrics[f"val/{name}/t{budget}/{key}"] = value
-                metrics["time/validation_s"] = time.perf_counter() - t_val
-            metrics["time/step_s"] = time.perf_counter() - t_step
-
+            state, metrics = _train_step(run, state, ref_params, step)
             row = logger.log(step, metrics)
             if progress is not None:
                 progress.update(1)
@@ -413,16 +447,16 @@ def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: 
                     progress.write(_console_line(step, row))
             if callback is not None:
                 callback("step_end", step)
-
             every = cfg.checkpoint.every
             if (every and step % every == 0) or step == cfg.run.steps:
                 store.save(step, params=state.params, opt_state={"opt_state": state.opt_state, "step": state.step},
-                           meta={**meta_static, "data": iterator.get_state()})
+                           meta={**meta_static, "data": run.iterator.get_state()})
                 if callback is not None:
                     callback("save_started", step)
     finally:
         if progress is not None:
             progress.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
         store.close()  # waits for a pending asynchronous save
     return TrainResult(start_step=start_step, final_step=step, last_metrics=row, out_dir=out_dir)
