@@ -78,6 +78,27 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(straight_run):
     assert json.loads((out / "config.json").read_text())["rollout"]["n"] == 4
 
 
+def test_trained_checkpoint_exports_to_hf(tiny, straight_run, tmp_path):
+    import jax
+    import numpy as np
+
+    from e1jax.__main__ import main
+    from e1jax.models.hf import load_model
+    from e1jax.rl.checkpoint import CheckpointStore, abstract_like
+
+    cfg, _ = straight_run
+    assert main(["convert", "--from-orbax", str(cfg.checkpoint_dir), "--to-hf", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    _, exported = load_model(tmp_path / "hf")
+    _, initial = load_model(tiny[1])
+    with CheckpointStore(cfg.checkpoint_dir, read_only=True) as store:
+        assert store.latest_step() == STEPS
+        saved = store.restore(None, params=abstract_like(exported))["params"]
+    jax.tree.map(np.testing.assert_array_equal, exported, saved)
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), exported, initial)
+    assert all(jax.tree.leaves(changed))  # training moved every tensor
+
+
 def test_resume_after_kill_during_save_reproduces_the_metrics(tiny, straight_run):
     """Kill at step 3 just after its checkpoint save started, with that save left incomplete
     (and a metrics line cut short): the resumed run restarts from checkpoint 2 and its rows
@@ -109,9 +130,12 @@ def test_resume_after_kill_during_save_reproduces_the_metrics(tiny, straight_run
     assert resumed == expected
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 3, 4]
 
-    # A finished run has nothing left to do; a different run seed is refused.
+    # A finished run has nothing left to do; starting over in the same checkpoint directory
+    # or resuming with another run seed is refused.
     again = train(cfg, generate_fn=reference_generate)
     assert again.start_step == STEPS and again.final_step == STEPS
+    with pytest.raises(E1Error, match="already holds checkpoints"):
+        train(_config(tiny, "killed", **{"checkpoint.resume": False}), generate_fn=reference_generate)
     with pytest.raises(E1Error, match="run.seed"):
         train(_config(tiny, "killed", **{"run.seed": 1, "run.steps": STEPS + 1}), generate_fn=reference_generate)
 
@@ -165,11 +189,13 @@ def test_evaluate_budgets_accuracy_and_lengths(tiny):
     for budget, values in results.items():
         assert 0 <= values["accuracy"] <= 1
         assert values["tokens"] <= budget + 1 + 2
-    # accuracy is the mean of the grader's verdicts over problems x samples
+    # chunks carry the global sample ids, so chunking does not change the samples; accuracy is
+    # the mean of the grader's verdicts over problems x samples
     gen = reference_generate(config, params, [r["prompt_ids"] for r in records], ids=special_ids(tok),
-                             think_budget=1, solution_budget=2, n=3, seed=0)
-    texts = [tok.decode([t for t in gen.tokens[i, :gen.lengths[i]] if t != tok.pad_id]) for i in range(6)]
-    assert results[1]["accuracy"] == pytest.approx(sum(binary_reward_fn(texts, [{}] * 6)) / 6)
+                             think_budget=5, solution_budget=2, n=3, seed=0)
+    texts = [tok.decode(gen.tokens[i, :gen.lengths[i]].tolist()) for i in range(6)]
+    assert results[5]["tokens"] == pytest.approx(gen.lengths.mean())
+    assert results[5]["accuracy"] == pytest.approx(sum(binary_reward_fn(texts, [{}] * 6)) / 6)
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if "toy" not in p.name),

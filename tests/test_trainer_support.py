@@ -110,14 +110,17 @@ def reference_generate(config, params, prompts, *, ids, mode="elastic", think_bu
     logprobs = np.zeros((rows, width), np.float32)
     finish = ["running"] * rows
     forward = _forward(config)
-    key = jax.random.key(seed)
+    # one key per sample id, as the real sampler: samples do not depend on the batching
+    sample_ids = np.arange(rows) if sample_ids is None else np.asarray(sample_ids)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(sample_ids, jnp.uint32))
     for t in range(width):
         if np.all(phase == 2):
             break
         last = p_width + out_len - 1
         logits = forward(params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(last, jnp.int32))
         logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-        sampled = np.asarray(jax.random.categorical(jax.random.fold_in(key, t), logp, axis=-1))
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
+        sampled = np.asarray(jax.vmap(jax.random.categorical)(step_keys, logp))
         logp = np.asarray(logp)
         for r in range(rows):
             if phase[r] == 2:
@@ -190,3 +193,20 @@ def tiny_overrides(model_dir: Path, data_file: Path, out_dir: Path, **extra) -> 
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def run_and_kill(config_path: str, overrides: list[str], kill_step: int) -> None:
+    """Subprocess entry point: train with the real sampler and SIGKILL this process right
+    after step `kill_step`'s checkpoint save was handed to orbax (still writing, usually)."""
+    import os
+    import signal
+
+    from e1jax.rl.config import load_train_config
+    from e1jax.rl.trainer import train
+
+    def callback(event: str, step: int) -> None:
+        if event == "save_started" and step == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(load_train_config(config_path, overrides), callback=callback)
+    raise SystemExit("the run was not killed")

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--large-batches", default="1,8")
     parser.add_argument("--tiny-batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--peak-flops", type=float, default=None, help="accelerator peak FLOP/s, for the update's model FLOP utilisation")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: decode,sweep,update")
     parser.set_defaults(func=run)
 
@@ -59,15 +60,14 @@ def run(args: argparse.Namespace) -> int:
         log(json.dumps(result["sweep"]))
 
     if "update" not in skip:
-        try:
-            from e1jax.rl.update import bench_update
-        except ImportError:
-            bench_update = None
-        if bench_update is not None:
-            config = (TINY if args.quick else PRESETS[args.large]).replace(param_dtype=dtype, dtype=dtype)
-            log("update step ...")
-            result["update"] = bench_update(config, batch=2 if args.quick else 8, seq_len=64 if args.quick else 512, micro_batch=2)
-            log(json.dumps(result["update"]))
+        from e1jax.rl.bench_update import bench_update
+
+        name = "tiny" if args.quick else f"{args.large}-shape"
+        config = (TINY if args.quick else PRESETS[args.large]).replace(param_dtype=dtype, dtype=dtype)
+        log(f"update step {name} ...")
+        result["update"] = {"model": name, **bench_update(config, batch_size=2 if args.quick else 8, seq_len=64 if args.quick else 512,
+                                                          micro_batch=2, peak_flops=args.peak_flops)}
+        log(json.dumps(result["update"]))
 
     if args.json:
         print(json.dumps(result))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -282,6 +283,7 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     from e1jax.sharding import make_mesh
     from e1jax.tokenizer import Tokenizer
 
+    reward_fn = make_reward_fn(cfg.reward.kind, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s)
     mesh = make_mesh(cfg.mesh)
     model_dir = resolve_model_dir(cfg.model.path)
     model_config = load_model_config(model_dir, param_dtype=cfg.model.param_dtype,
@@ -299,7 +301,7 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     optimizer, update = _optimizer_and_update(model_config, cfg.grpo, cfg.optim, cfg.batch.micro_batch or None, mesh)
     return _Run(cfg=cfg, mesh=mesh, model_dir=model_dir, model_config=model_config, ids=special_ids(tokenizer),
                 decode=decoder(tokenizer),
-                reward_fn=make_reward_fn(cfg.reward.kind, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s),
+                reward_fn=reward_fn,
                 iterator=iterator, validation_sets=load_validation_sets(cfg, tokenize),
                 optimizer=optimizer, update=update, generate_fn=generate_fn)
 
@@ -315,7 +317,10 @@ def _initial_state(run: _Run, store: Any) -> tuple[Any, Any, int]:
 
     cfg = run.cfg
     use_kl = cfg.grpo.kl_coef > 0
-    resume_step = store.latest_step() if cfg.checkpoint.resume else None
+    resume_step = store.latest_step()
+    if resume_step is not None and not cfg.checkpoint.resume:
+        raise E1Error(f"{store.directory} already holds checkpoints (latest step {resume_step}) and "
+                      "checkpoint.resume is false: use another checkpoint.dir or resume")
     if resume_step is None:
         params = load_params(run.model_dir, run.model_config, run.mesh)
         ref_params = _copy_tree(params) if use_kl else None  # the update donates `params`
@@ -443,8 +448,11 @@ def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: 
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(reward=f"{row['reward/mean']:.3f}", len=f"{row['response/length_mean']:.0f}")
-                if step % cfg.run.log_every == 0:
+            if is_main and step % cfg.run.log_every == 0:
+                if progress is not None:
                     progress.write(_console_line(step, row))
+                else:
+                    print(_console_line(step, row), file=sys.stderr, flush=True)
             if callback is not None:
                 callback("step_end", step)
             every = cfg.checkpoint.every

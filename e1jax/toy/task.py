@@ -72,27 +72,23 @@ def running_sums(digits: list[int]) -> list[int]:
     return sums
 
 
-def _sep(i: int) -> str:
-    return "" if i == 0 else " "
-
-
 def problem_text(digits: list[int]) -> str:
     items = " ".join(f"{LABELS[i]}{d}" for i, d in enumerate(digits))
     return f"{PROBLEM_PREFIX} {items}"
 
 
 def concise_trace(digits: list[int]) -> str:
-    return " ".join(f"{LABELS[i]}{s}" for i, s in enumerate(running_sums(digits)))
+    return " ".join(f"{LABELS[i]}{d}={s}" for i, (d, s) in enumerate(zip(digits, running_sums(digits))))
 
 
 def verbose_trace(digits: list[int], check_every: int) -> str:
     parts, prev = [], 0
     for i, (d, s) in enumerate(zip(digits, running_sums(digits))):
-        parts.append(f"{_sep(i)}{LABELS[i]}:{prev}+{d}={s};")
+        parts.append(f"{LABELS[i]}{d}:{prev}+{d}={s}")
         if check_every and (i + 1) % check_every == 0:
-            parts.append(f"{CHECK_WORD}:{s}-{d}={prev}{OK_WORD};")
+            parts.append(f"{CHECK_WORD.strip()}:{s}-{d}={prev}{OK_WORD}")
         prev = s
-    return "".join(parts)
+    return " ".join(parts)
 
 
 def solution_text(answer: str) -> str:
