@@ -176,6 +176,48 @@ def test_interrupted_run_resumes_to_identical_results(env, cli_run, tmp_path):
     assert {key(s): s["token_ids"] for s in in_memory["samples"]} == ref
 
 
+def test_reward_fn_replaces_the_graders(env):
+    """A custom reward_fn(responses, records) grades every sample (as the trainer's custom rewards
+    do); the metrics follow its verdicts, and a wrong number of grades is refused."""
+    from e1jax.data.registry import resolve_dataset
+    from e1jax.errors import E1Error
+    from e1jax.models.hf import load_model
+    from e1jax.rewards.types import GradeResult
+    from e1jax.tokenizer import Tokenizer
+
+    config, params = load_model(env["model"], param_dtype="float32", dtype="float32")
+    tokenizer = Tokenizer.load(env["model"])
+    datasets = dict([resolve_dataset(env["data"]["sums"])])
+    seen = []
+
+    def digits(responses, records):
+        seen.extend(r["ground_truth"] for r in records)
+        return [GradeResult(float(sum(c.isdigit() for c in text)), sum(c.isdigit() for c in text) >= 2, None, "digits")
+                for text in responses]
+
+    kwargs = dict(think_budgets=BUDGETS, solution_budget=SOLUTION, n=N, sampling=SamplingParams(1.0, 0.95), seed=3,
+                  batch_size=2, progress=False, keep_samples=True)
+    results = evaluate(config, params, tokenizer, datasets, reward_fn=digits, **kwargs)
+    samples = results["samples"]
+    assert len(samples) == 3 * N * len(BUDGETS) and len(seen) == len(samples)
+    truths = [r["ground_truth"] for r in datasets["sums"]]
+    assert sorted(seen) == sorted(truths[s["problem_id"]] for s in samples)  # each sample's own record
+    for s in samples:
+        count = sum(c.isdigit() for c in s["response"])
+        assert (s["reward"], s["correct"], s["reason"]) == (float(count), count >= 2, "digits")
+    assert results["datasets"]["sums"]["budgets"] == summarize(samples)["datasets"]["sums"]["budgets"]
+    # the same samples as with the default graders: only the grades differ
+    default = evaluate(config, params, tokenizer, datasets, **kwargs)
+    assert [s["token_ids"] for s in default["samples"]] == [s["token_ids"] for s in samples]
+    assert {s["reason"] for s in default["samples"]} != {"digits"}
+
+    def one_short(responses, records):
+        return digits(responses[1:], records[1:])
+
+    with pytest.raises(E1Error, match=f"returned {2 * N * len(BUDGETS) - 1} grades"):
+        evaluate(config, params, tokenizer, datasets, reward_fn=one_short, **kwargs)
+
+
 def test_rerun_with_other_settings_is_refused(env, cli_run):
     out, _, _ = cli_run
     before = (out / "samples.jsonl").read_bytes()

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_trainer_support import make_model_dir, reference_generate, tiny_overrides, write_toy_records
+from test_trainer_support import make_model_dir, reference_generate, reward_fn, tiny_overrides, write_toy_records
 
 from e1jax.errors import E1Error
 from e1jax.rl.config import load_train_config
@@ -35,7 +35,7 @@ def _config(tiny, name, **extra):
     values = {"run.steps": STEPS, "checkpoint.every": 1, "checkpoint.keep": 3,
               "run.validation.datasets": f"[{data}]", "run.validation.every": 2,
               "run.validation.think_budgets": "[2,6]", "run.validation.solution_budget": 3,
-              "run.validation.max_problems": 4, "run.validation.n": 2}
+              "run.validation.max_problems": 4, "run.validation.n": 2, "run.validation.grader": "reward"}
     values.update(extra)
     return load_train_config(None, tiny_overrides(model, data, base / name, **values))
 
@@ -68,10 +68,16 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(straight_run):
     assert all(r["rollout/logp_diff"] < 1e-4 for r in rows)
     # the policy moves: the KL to the frozen reference is 0 at step 1's first update, then grows
     assert rows[-1]["actor/kl"] > 0
-    # validation at steps 2 and 4, per budget; a larger thinking budget is never shorter on average
+    # validation (e1jax eval's metrics) at steps 2 and 4, per thinking budget
     for r in rows:
-        assert ("val/toy/t2/accuracy" in r) == (r["step"] % 2 == 0)
-    assert rows[1]["val/toy/t2/tokens"] <= 2 + 1 + 3 and rows[1]["val/toy/t6/tokens"] <= 6 + 1 + 3
+        assert ("val/toy/t2/avg_at_n" in r) == (r["step"] % 2 == 0)
+    val = rows[1]
+    for budget in (2, 6):
+        assert 0 <= val[f"val/toy/t{budget}/avg_at_n"] <= val[f"val/toy/t{budget}/pass_at_n"] <= 1
+        assert 0 < val[f"val/toy/t{budget}/mean_tokens"] <= budget + 1 + 3
+        assert val[f"val/toy/t{budget}/mean_thinking_tokens"] <= budget
+    # the same thinking cut later is never more often truncated
+    assert val["val/toy/t6/truncation_rate"] <= val["val/toy/t2/truncation_rate"]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [STEPS - 2, STEPS - 1, STEPS]  # keep=3
@@ -144,13 +150,18 @@ def test_no_kl_keeps_no_reference_and_compat_trains_the_forced_close(tiny):
     from e1jax.rl.trainer import train
 
     cfg = _config(tiny, "nokl", **{"grpo.kl_coef": 0.0, "run.steps": 1, "compat.original_compat": True,
-                                   "run.validation.every": 0, "checkpoint.async_save": False})
+                                   "run.validation.every": 1, "run.validation.grader": "eval",
+                                   "run.validation.batch_size": 3, "checkpoint.async_save": False})
     eff = cfg.effective()
     assert eff.grpo.train_forced_tokens and eff.grpo.unclipped_objective
     assert eff.rollout.eos_in_thinking == "append_close"
     row = train(cfg, generate_fn=reference_generate).last_metrics
     assert "actor/kl" not in row  # no reference log-probs were computed
     assert row["actor/clip_frac"] >= 0
+    # validated by e1jax eval with its math grader (and its EOS rule, not the compat one):
+    # the random model never writes a boxed answer
+    assert row["val/toy/t2/avg_at_n"] == row["val/toy/t6/pass_at_n"] == 0.0
+    assert 0 < row["val/toy/t6/mean_tokens"] <= 6 + 1 + 3
 
 
 def test_effective_config_derives_temperature_and_schedule_length():
@@ -162,40 +173,50 @@ def test_effective_config_derives_temperature_and_schedule_length():
     assert not eff.grpo.train_forced_tokens and eff.rollout.eos_in_thinking == "stop"
 
 
-def test_evaluate_budgets_accuracy_and_lengths(tiny):
-    from test_trainer_support import binary_reward_fn
-
-    from e1jax.models.hf import load_model
-    from e1jax.rl.rollout import make_reward_fn
-    from e1jax.rl.trainer import decoder, evaluate_budgets, special_ids
+def test_validation_rows_are_the_shared_evaluation(tiny, straight_run):
+    """Step 4's val/ metrics are exactly e1jax.eval.evaluate of the step-4 params (restored from
+    the checkpoint) with the step's validation seed, the run's grader and its sampling settings."""
+    from e1jax.eval import evaluate
+    from e1jax.eval.metrics import AVERAGED
+    from e1jax.models.hf import load_config, load_params
+    from e1jax.rl.checkpoint import CheckpointStore, abstract_like
+    from e1jax.rl.rollout import make_reward_fn, step_seed
+    from e1jax.rl.trainer import VALIDATION_STREAM, load_validation_sets, validation_metrics
+    from e1jax.sampling import SamplingParams
+    from e1jax.sharding import make_mesh
     from e1jax.tokenizer import Tokenizer
 
+    cfg, result = straight_run
     _, model_dir, _ = tiny
-    config, params = load_model(model_dir)
+    v = cfg.run.validation
+    mesh = make_mesh(cfg.mesh)
+    config = load_config(model_dir, param_dtype="float32", dtype="float32", remat="none")
+    with CheckpointStore(cfg.checkpoint_dir, read_only=True) as store:
+        params = store.restore(STEPS, params=abstract_like(load_params(model_dir, config, mesh)))["params"]
     tok = Tokenizer.load(model_dir)
-    records = [{"prompt_ids": tok.encode_prompt(p), "problem": p} for p in ("Sum mod 10: a1 b2", "Sum mod 10: a3")]
-    calls = []
+    sets = load_validation_sets(cfg, tok)
+    assert list(sets) == ["toy"] and len(sets["toy"]) == v.max_problems
+    results = evaluate(config, params, tok, sets, think_budgets=v.think_budgets, solution_budget=v.solution_budget,
+                       n=v.n, sampling=SamplingParams(v.temperature, v.top_p),
+                       seed=step_seed(cfg.run.seed, STEPS, VALIDATION_STREAM), batch_size=len(sets["toy"]),
+                       mesh=mesh, max_prompt_len=cfg.data.max_prompt_len, progress=False,
+                       reward_fn=make_reward_fn(cfg.reward.kind), keep_samples=True)
+    row = read_metrics(result.out_dir)[STEPS - 1]
+    val = {k: v for k, v in row.items() if k.startswith("val/")}
+    assert val == validation_metrics(results)
+    assert set(val) == {f"val/toy/t{b}/{m}" for b in (2, 6) for m in AVERAGED}
+    # graded by the run's (custom) reward: the share of digits, correct only when all digits
+    for s in results["samples"]:
+        assert s["reward"] == pytest.approx(reward_fn([s["response"]], [{}])[0]) and s["reason"] == "custom"
 
-    def counting_generate(*args, **kwargs):
-        calls.append(kwargs["think_budget"])
-        return reference_generate(*args, **kwargs)
 
-    fn = make_reward_fn("test_trainer_support:binary_reward_fn")
-    results = evaluate_budgets(config, params, records, think_budgets=[1, 5], solution_budget=2,
-                               ids=special_ids(tok), decode=decoder(tok), reward_fn=fn, n=3, seed=0,
-                               chunk_prompts=1, generate_fn=counting_generate)
-    assert calls == [1, 1, 5, 5]  # one call per budget and prompt chunk
-    assert set(results) == {1, 5}
-    for budget, values in results.items():
-        assert 0 <= values["accuracy"] <= 1
-        assert values["tokens"] <= budget + 1 + 2
-    # chunks carry the global sample ids, so chunking does not change the samples; accuracy is
-    # the mean of the grader's verdicts over problems x samples
-    gen = reference_generate(config, params, [r["prompt_ids"] for r in records], ids=special_ids(tok),
-                             think_budget=5, solution_budget=2, n=3, seed=0)
-    texts = [tok.decode(gen.tokens[i, :gen.lengths[i]].tolist()) for i in range(6)]
-    assert results[5]["tokens"] == pytest.approx(gen.lengths.mean())
-    assert results[5]["accuracy"] == pytest.approx(sum(binary_reward_fn(texts, [{}] * 6)) / 6)
+def test_validation_settings_are_checked(tiny):
+    with pytest.raises(E1Error, match="run.validation.batch_size"):
+        _config(tiny, "bad", **{"run.validation.batch_size": -1})
+    with pytest.raises(E1Error, match="run.validation.grader"):
+        _config(tiny, "bad", **{"run.validation.grader": "exact"})
+    with pytest.raises(E1Error, match="top_p"):
+        _config(tiny, "bad", **{"run.validation.top_p": 0})
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if "toy" not in p.name),

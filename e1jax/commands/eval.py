@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from e1jax.commands.common import default_dtype
+from e1jax.distributed import add_distributed_args, initialize_from_args, is_main_process
 from e1jax.errors import E1Error
 
 
@@ -28,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="Hugging Face model directory or Hub id (required unless --report)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="parameter and compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
-    parser.add_argument("--mesh", default=None, help="device mesh, e.g. data=2,tensor=4 (default: one device)")
+    parser.add_argument("--mesh", default=None, help="device mesh, e.g. data=2,tensor=4 (default: one device; "
+                        "on several hosts, all devices along data)")
     parser.add_argument("--data", nargs="+", help="dataset names (aime, amc, math, minerva, olympiad_bench, gsm8k, "
                         "codeforces) or files/folders; comma-separated or space-separated")
     parser.add_argument("--mode", choices=("elastic", "plain", "both"), default="elastic",
@@ -56,6 +58,7 @@ def register(subparsers) -> None:
                         help="combine finished runs (output folders or results.json files) into one table; "
                         "runs with the same name (e.g. a plain and an elastic run of one model) share a row")
     parser.add_argument("--names", default=None, help="with --report: comma-separated row names, one per OUT")
+    add_distributed_args(parser)
     parser.set_defaults(func=run)
 
 
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             raise E1Error("--report combines finished runs; do not give --model or --data with it")
         return run_report(args)
     _check_args(args)
+    initialize_from_args(args)  # before any JAX computation; --report above needs no cluster
     from e1jax.eval.report import TABLE_FILE, comparison_markdown
     from e1jax.eval.runner import EvalSettings, preflight, run_evaluation
 
@@ -154,14 +158,21 @@ def run(args: argparse.Namespace) -> int:
     dtype = args.dtype or default_dtype()
     name = args.name or Path(model_dir).resolve().name
     identity = {"model_path": str(Path(model_dir).resolve()), "dtype": dtype}
-    # Everything that can be refused is refused before the parameters load.
-    preflight(load_config(model_dir), tokenizer, datasets, settings, out_dir=args.out, model_name=name, identity=identity)
-    mesh = make_mesh(args.mesh) if args.mesh else None
+    main = is_main_process()
+    # Everything that can be refused is refused before the parameters load. Only process 0 looks
+    # at --out (run_evaluation hands its view to the others).
+    preflight(load_config(model_dir), tokenizer, datasets, settings, out_dir=args.out if main else None,
+              model_name=name, identity=identity)
+    import jax
+
+    mesh = make_mesh(args.mesh) if args.mesh or jax.process_count() > 1 else None
     config, params = load_model_from_args(argparse.Namespace(model=str(model_dir), dtype=dtype), mesh=mesh)
     results = run_evaluation(
         config, params, tokenizer, datasets, settings, batch_size=args.batch_size, mesh=mesh, out_dir=args.out,
         progress=not args.no_progress, model_name=name, identity=identity, grade_workers=args.grade_workers,
     )
+    if not main:
+        return 0
     print(comparison_markdown([results], [name]))
     print(f"wrote {Path(args.out) / 'results.json'}, samples.jsonl, {TABLE_FILE} and accuracy_vs_tokens.png", file=sys.stderr)
     return 0

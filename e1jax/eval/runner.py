@@ -25,6 +25,8 @@ from e1jax.errors import E1Error
 from e1jax.eval.metrics import PLAIN, budget_key, summarize
 from e1jax.eval.store import RunStore
 
+# reward_fn(responses, records) -> one GradeResult per response (e1jax.rewards.types)
+RewardFn = Callable[[Sequence[str], Sequence[Mapping]], Sequence[Any]]
 MODES = ("elastic", "plain", "both")
 SWEEP = "sweep"
 DEFAULT_BUDGETS = (512, 1024, 2048, 3072)
@@ -129,8 +131,14 @@ def is_code(record: Mapping) -> bool:
     return record.get("ability") == "code"
 
 
+def encode_prompt(tokenizer, record: Mapping, chat_template: bool = True) -> list[int]:
+    """A problem's prompt: the E1 instruction for math, the problem as is for code (as the original)."""
+    return list(tokenizer.encode_prompt(record["problem"], chat_template=chat_template,
+                                        e1_instruction=not is_code(record)))
+
+
 def prepare_datasets(tokenizer, datasets: Mapping[str, Sequence[Mapping]], settings: EvalSettings) -> list[_Dataset]:
-    """Tokenized prompts: the E1 instruction for math, the problem as is for code (as the original)."""
+    """Tokenized prompts (see encode_prompt)."""
     if not datasets:
         raise E1Error("no datasets to evaluate")
     prepared = []
@@ -143,8 +151,7 @@ def prepare_datasets(tokenizer, datasets: Mapping[str, Sequence[Mapping]], setti
             for field in ("problem", "ground_truth"):
                 if field not in record:
                     raise E1Error(f"dataset '{name}' problem {i}: missing field '{field}'")
-            prompts.append(list(tokenizer.encode_prompt(
-                record["problem"], chat_template=settings.chat_template, e1_instruction=not is_code(record))))
+            prompts.append(encode_prompt(tokenizer, record, settings.chat_template))
         prepared.append(_Dataset(name, records, prompts))
     return prepared
 
@@ -234,8 +241,17 @@ def _raw_samples(outputs: Mapping[str, Any], d: _Dataset, problem_ids: list[int]
     return samples
 
 
-def grade_samples(samples: list[dict], records: Sequence[Mapping], *, workers: int | None = None) -> None:
-    """Add reward, correct, extracted and reason to each sample (math or code grader by the record's ability)."""
+def grade_samples(samples: list[dict], records: Sequence[Mapping], *, workers: int | None = None,
+                  reward_fn: RewardFn | None = None) -> None:
+    """Add reward, correct, extracted and reason to each sample (math or code grader by the record's
+    ability, or `reward_fn(responses, records)` -> one GradeResult per response when given)."""
+    if reward_fn is not None:
+        graded = list(reward_fn([s["response"] for s in samples], [records[s["problem_id"]] for s in samples]))
+        if len(graded) != len(samples):
+            raise E1Error(f"the reward function returned {len(graded)} grades for {len(samples)} responses")
+        for s, g in zip(samples, graded):
+            s.update(reward=float(g.reward), correct=bool(g.correct), extracted=g.extracted, reason=g.reason)
+        return
     by_kind: dict[bool, list[int]] = {False: [], True: []}
     for i, s in enumerate(samples):
         by_kind[is_code(records[s["problem_id"]])].append(i)
@@ -301,6 +317,7 @@ def run_evaluation(
     grade_workers: int | None = None,
     keep_samples: bool = False,
     on_chunk: Callable[[dict], None] | None = None,
+    reward_fn: RewardFn | None = None,
 ) -> dict:
     """Evaluate and return the results dict (see `evaluate`)."""
     import jax
@@ -315,21 +332,30 @@ def run_evaluation(
     names = [d.name for d in prepared]
     check_fits(config, prepared, settings, len(ids.think_close_ids))
     fingerprint = _fingerprint(settings, prepared, model_name, identity)
-    store = RunStore.open(out_dir, fingerprint, writer=jax.process_index() == 0) if out_dir is not None else None
+    is_main = jax.process_index() == 0
+    store, error = None, None
+    if out_dir is not None and is_main:  # only process 0 touches the folder (see _plan_on_process_zero)
+        try:
+            store = RunStore.open(out_dir, fingerprint)
+        except E1Error as err:
+            error = err
+    done = _plan_on_process_zero(store, error is not None, settings, prepared)
+    if error is not None:
+        raise error
 
     # The chunk width depends only on the data, so a resumed run compiles and samples exactly as a fresh one.
     width = min(batch_size, max(len(d.records) for d in prepared))
     plan = []
     for kind in settings.kinds:
         for d in prepared:
-            pending = [i for i in range(len(d.records)) if not (store and store.is_done(kind, d.name, i))]
+            pending = [i for i in range(len(d.records)) if not done[kind, d.name][i]]
             plan += [(kind, d, chunk) for chunk in _chunks(pending, width)]
     total = len(settings.kinds) * sum(len(d.records) for d in prepared)
     compact: list[dict] = []
     full: list[dict] = []
 
     def commit(kind: str, d: _Dataset, problem_ids: list[int], samples: list[dict]) -> list[dict]:
-        grade_samples(samples, d.records, workers=grade_workers)
+        grade_samples(samples, d.records, workers=grade_workers, reward_fn=reward_fn)
         if store is not None:
             store.commit(kind, d.name, problem_ids, samples)
         return samples
@@ -343,7 +369,7 @@ def run_evaluation(
         if on_chunk is not None:
             on_chunk({"kind": kind, "dataset": d.name, "problem_ids": list(problem_ids)})
 
-    bar = _progress_bar(total, total - sum(len(c) for _, _, c in plan), progress)
+    bar = _progress_bar(total, total - sum(len(c) for _, _, c in plan), progress and is_main)
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-grade") as pool:
             inflight = None
@@ -373,6 +399,33 @@ def run_evaluation(
         write_run_reports(results, store.out_dir)
         store.mark_complete()
     return results
+
+
+def _plan_on_process_zero(store: RunStore | None, failed: bool, settings: EvalSettings,
+                          prepared: Sequence[_Dataset]) -> dict[tuple[str, str], list[bool]]:
+    """{(kind, dataset): done flag per problem} as process 0's store has them, on every process.
+
+    Every process must sample the same chunks in the same order (the sampler's collectives
+    pair up across hosts), so the others take process 0's view of a resumed folder instead of
+    reading it themselves: no race with process 0 creating it, no shared filesystem needed.
+    `failed`: process 0 could not open the folder; the others stop too instead of waiting."""
+    import jax
+    import numpy as np
+
+    keys = [(kind, d) for kind in settings.kinds for d in prepared]
+    flags = np.array([int(failed)] + [int(store is not None and store.is_done(kind, d.name, i))
+                                      for kind, d in keys for i in range(len(d.records))], np.int32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flags = np.asarray(multihost_utils.broadcast_one_to_all(flags))
+    if flags[0] and jax.process_index() != 0:
+        raise E1Error("process 0 could not open the output folder (its error names the problem)")
+    done, start = {}, 1
+    for kind, d in keys:
+        done[kind, d.name] = [bool(f) for f in flags[start:start + len(d.records)]]
+        start += len(d.records)
+    return done
 
 
 def _sample_order(names: Sequence[str]):
@@ -445,6 +498,7 @@ def evaluate(
     grade_workers: int | None = None,
     keep_samples: bool = False,
     on_chunk: Callable[[dict], None] | None = None,
+    reward_fn: RewardFn | None = None,
 ) -> dict:
     """Elastic (and/or unconstrained) evaluation of a model on named problem sets.
 
@@ -464,7 +518,10 @@ def evaluate(
     accuracy_vs_tokens.png are written there and an interrupted run resumes;
     `identity` (e.g. model path and dtype) is part of what must match to resume.
     `on_chunk` is called after each committed chunk with its kind, dataset and problem ids.
-    On several hosts only process 0 writes; resuming then needs `out_dir` on a shared filesystem.
+    `reward_fn(responses, records)` -> GradeResults replaces the math/code graders (e.g. a
+    trainer's custom reward); it is not part of what must match to resume, so name it in `identity`.
+    On several hosts only process 0 reads and writes `out_dir` (the others follow its plan), so
+    the folder need only be on process 0's filesystem; the returned results are complete there.
     """
     from e1jax.sampling import SamplingParams
 
@@ -477,5 +534,5 @@ def evaluate(
     return run_evaluation(
         config, params, tokenizer, datasets, settings, batch_size=batch_size, mesh=mesh, out_dir=out_dir,
         progress=progress, model_name=model_name, identity=identity, grade_workers=grade_workers,
-        keep_samples=keep_samples, on_chunk=on_chunk,
+        keep_samples=keep_samples, on_chunk=on_chunk, reward_fn=reward_fn,
     )

@@ -23,6 +23,13 @@ from e1jax.sharding import constrain
 
 Cache = dict[str, jax.Array]
 
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "mask": ("batch", "cache_length"),
+    "index": (),
+}
+
 
 def _dtype(name: str) -> Any:
     return jnp.dtype(name)
@@ -64,7 +71,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, key_mask, layer_cache, cache_index):
+    def __call__(self, x, positions, key_mask, cache_kv, layer, cache_index):
         cfg = self.config
         dt = _dtype(cfg.dtype)
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -78,12 +85,16 @@ class Attention(nn.Module):
         q = rope(q, positions, cfg.rope_theta)
         k = rope(k, positions, cfg.rope_theta)
 
-        if layer_cache is not None:
-            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0))
-            k_all = constrain(k_all, ("batch", "cache_length", "kv_heads", "head_dim"))
-            v_all = constrain(v_all, ("batch", "cache_length", "kv_heads", "head_dim"))
-            new_cache = {"k": k_all, "v": v_all}
+        if cache_kv is not None:
+            # The whole (layers, ...) cache rides in the scan carry and is updated in place.
+            at = (layer, 0, cache_index, 0, 0)
+            new_cache = {
+                "k": jax.lax.dynamic_update_slice(cache_kv["k"], k.astype(cache_kv["k"].dtype)[None], at),
+                "v": jax.lax.dynamic_update_slice(cache_kv["v"], v.astype(cache_kv["v"].dtype)[None], at),
+            }
+            new_cache = {name: constrain(c, CACHE_LOGICAL_AXES[name]) for name, c in new_cache.items()}
+            k_all = jax.lax.dynamic_index_in_dim(new_cache["k"], layer, keepdims=False)
+            v_all = jax.lax.dynamic_index_in_dim(new_cache["v"], layer, keepdims=False)
         else:
             k_all, v_all, new_cache = k, v, None
 
@@ -134,15 +145,16 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, key_mask, cache_index):
+    def __call__(self, carry, positions, key_mask, cache_index):
         cfg = self.config
+        x, cache_kv, layer = carry
         h = RMSNorm(cfg, name="input_layernorm")(x)
-        attn, new_cache = Attention(cfg, name="self_attn")(h, positions, key_mask, layer_cache, cache_index)
+        attn, cache_kv = Attention(cfg, name="self_attn")(h, positions, key_mask, cache_kv, layer, cache_index)
         x = x + attn
         h = RMSNorm(cfg, name="post_attention_layernorm")(x)
         x = x + MLP(cfg, name="mlp")(h)
         x = constrain(x, ("batch", "length", "embed"))
-        return x, new_cache
+        return (x, cache_kv, layer + 1), None
 
 
 def _remat_policy(name: str):
@@ -192,12 +204,11 @@ class Qwen(nn.Module):
             layer_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-            out_axes=0,
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
-        x, new_layer_caches = stack(x, layer_caches, positions, key_mask, cache_index)
+        (x, new_layer_caches, _), _ = stack((x, layer_caches, jnp.int32(0)), positions, key_mask, cache_index)
         x = RMSNorm(cfg, name="norm")(x)
         if return_hidden:
             return x
@@ -233,12 +244,6 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype: str | None =
     }
 
 
-CACHE_LOGICAL_AXES = {
-    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "mask": ("batch", "cache_length"),
-    "index": (),
-}
 
 
 def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:

@@ -69,6 +69,8 @@ class CheckpointSection:
 
 @dataclasses.dataclass(frozen=True)
 class ValidationSection:
+    """Periodic `e1jax eval` (one-pass budget sweep) of the current policy: val/<set>/t<budget>/<metric>."""
+
     datasets: tuple[str, ...] = ()  # empty: no validation
     every: int = 0  # steps; 0: never
     think_budgets: tuple[int, ...] = (1024,)
@@ -76,7 +78,10 @@ class ValidationSection:
     n: int = 1  # samples per problem
     temperature: float = 0.6
     top_p: float = 0.95
-    max_problems: int = 0  # per dataset; 0: all
+    max_problems: int = 0  # per dataset, the first ones within data.max_prompt_len; 0: all
+    batch_size: int = 0  # problems per sampler call; 0: rollout.chunk_prompts (all of a set when that is 0)
+    # eval: e1jax eval's graders (math or code by each problem's ability); reward: the run's reward.kind
+    grader: Literal["eval", "reward"] = "eval"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +176,11 @@ def check_train_config(cfg: TrainConfig) -> None:
     _require(v.every >= 0, f"run.validation.every must be >= 0, got {v.every}")
     _require(all(t > 0 for t in v.think_budgets) and v.solution_budget > 0 and v.n >= 1,
              "run.validation budgets and n must be positive")
+    _require(not (v.datasets and v.every) or bool(v.think_budgets), "run.validation.think_budgets is empty")
+    _require(v.batch_size >= 0, f"run.validation.batch_size must be >= 0, got {v.batch_size}")
+    _require(v.temperature >= 0 and 0 < v.top_p <= 1,
+             f"run.validation needs temperature >= 0 and top_p in (0, 1], got {v.temperature} and {v.top_p}")
+    _require(v.max_problems >= 0, f"run.validation.max_problems must be >= 0, got {v.max_problems}")
     kind = cfg.reward.kind
     _require(kind in BUILTIN_REWARDS or _is_callable_path(kind),
              f"reward.kind '{kind}' is not one of {', '.join(BUILTIN_REWARDS)} or a python callable 'module:function'")

@@ -37,10 +37,8 @@ from e1jax.rl.rollout import (
     RewardFn,
     RolloutSettings,
     build_sequences,
-    generate_in_chunks,
     make_reward_fn,
     mini_batches,
-    response_text,
     rollout_metrics,
     run_rollout,
     step_seed,
@@ -106,52 +104,11 @@ def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
 # --------------------------------------------------------------- validation
 
 
-def evaluate_budgets(
-    model_config: Any,
-    params: Any,
-    records: Sequence[dict],
-    *,
-    think_budgets: Sequence[int],
-    solution_budget: int,
-    ids: Any,
-    decode: Callable[[list[int]], str],
-    reward_fn: RewardFn,
-    n: int = 1,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    seed: int = 0,
-    mesh: Any = None,
-    chunk_prompts: int = 0,
-    generate_fn: GenerateFn | None = None,
-) -> dict[int, dict[str, float]]:
-    """Elastic evaluation of `records` (with `prompt_ids`) at each thinking budget:
-    {budget: {"accuracy": mean correctness over problems x samples, "tokens": mean
-    response length, "truncation_rate"}}. A small stand-in for the shared evaluation."""
-    if generate_fn is None:
-        from e1jax.sampling import generate as generate_fn
-    from e1jax.sampling import SamplingParams
-
-    records = list(records)
-    prompts = [list(map(int, r["prompt_ids"])) for r in records]
-    sampling = SamplingParams(temperature=temperature, top_p=top_p)
-    strip = tuple(ids.eos_ids) + (ids.pad_id,)
-    results = {}
-    for budget in think_budgets:
-        gen = generate_in_chunks(generate_fn, model_config, params, prompts, chunk_prompts=chunk_prompts, n=n,
-                                 pad_id=ids.pad_id, ids=ids, mode="elastic", think_budget=int(budget),
-                                 solution_budget=int(solution_budget), sampling=sampling, seed=seed, mesh=mesh)
-        texts = [response_text(gen.tokens[i], int(gen.lengths[i]), decode, strip) for i in range(len(gen.lengths))]
-        grades = reward_fn(texts, [records[i] for i in gen.prompt_index])
-        results[int(budget)] = {
-            "accuracy": float(np.mean([g.correct for g in grades])),
-            "tokens": float(np.mean(gen.lengths)),
-            "truncation_rate": float(np.mean(gen.truncated)),
-        }
-    return results
-
-
-def load_validation_sets(cfg: TrainConfig, tokenize: Callable[[dict], list[int]]) -> dict[str, list[dict]]:
+def load_validation_sets(cfg: TrainConfig, tokenizer: Any) -> dict[str, list[dict]]:
+    """{name: records} of run.validation.datasets: the first max_problems problems whose prompt
+    (as `e1jax eval` builds it) fits data.max_prompt_len."""
     from e1jax.data.registry import resolve_dataset
+    from e1jax.eval.runner import encode_prompt
 
     v = cfg.run.validation
     sets = {}
@@ -161,15 +118,27 @@ def load_validation_sets(cfg: TrainConfig, tokenize: Callable[[dict], list[int]]
         name, records = resolve_dataset(spec)
         kept = []
         for record in records:
-            ids = tokenize(record)
-            if len(ids) <= cfg.data.max_prompt_len:
-                kept.append({**record, "prompt_ids": ids})
+            if len(encode_prompt(tokenizer, record, cfg.data.chat_template)) <= cfg.data.max_prompt_len:
+                kept.append(record)
             if v.max_problems and len(kept) >= v.max_problems:
                 break
         if not kept:
             raise E1Error(f"validation set {spec} has no prompt within data.max_prompt_len={cfg.data.max_prompt_len}")
         sets[name] = kept
     return sets
+
+
+def validation_metrics(results: dict) -> dict[str, float]:
+    """An `e1jax.eval.evaluate` result as flat metrics: val/<set>/t<budget>/<metric> for the
+    metrics averaged over sets (avg@n, pass@n, token means, truncation rate), plus
+    val/average/t<budget>/<metric> over several sets."""
+    from e1jax.eval.metrics import AVERAGED
+
+    cells = {name: d["budgets"] for name, d in results["datasets"].items()}
+    if len(cells) > 1:
+        cells["average"] = results["average"]
+    return {f"val/{name}/t{budget}/{metric}": float(values[metric])
+            for name, budgets in cells.items() for budget, values in budgets.items() for metric in AVERAGED}
 
 
 # ------------------------------------------------------------------ the loop
@@ -262,6 +231,7 @@ class _Run:
     mesh: Any
     model_dir: Path
     model_config: Any
+    tokenizer: Any
     ids: Any
     decode: Callable[[list[int]], str]
     reward_fn: RewardFn
@@ -292,6 +262,12 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     if needed > model_config.max_position_embeddings:
         raise E1Error(f"data.max_prompt_len + budgets ({needed} tokens) exceed the model's context "
                       f"{model_config.max_position_embeddings}")
+    v = cfg.run.validation
+    if v.datasets and v.every:
+        needed = cfg.data.max_prompt_len + max(v.think_budgets) + 1 + v.solution_budget
+        if needed > model_config.max_position_embeddings:
+            raise E1Error(f"data.max_prompt_len + run.validation budgets ({needed} tokens) exceed the model's "
+                          f"context {model_config.max_position_embeddings}")
     tokenizer = Tokenizer.load(model_dir)
     tokenize = make_tokenize(tokenizer, cfg.data)
     # Every host reads the whole global batch; the sampler and the update shard it.
@@ -299,10 +275,10 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
                                    batch_size=cfg.batch.prompts_per_step, max_prompt_len=cfg.data.max_prompt_len,
                                    seed=cfg.data.seed, shard_index=0, shard_count=1)
     optimizer, update = _optimizer_and_update(model_config, cfg.grpo, cfg.optim, cfg.batch.micro_batch or None, mesh)
-    return _Run(cfg=cfg, mesh=mesh, model_dir=model_dir, model_config=model_config, ids=special_ids(tokenizer),
-                decode=decoder(tokenizer),
+    return _Run(cfg=cfg, mesh=mesh, model_dir=model_dir, model_config=model_config, tokenizer=tokenizer,
+                ids=special_ids(tokenizer), decode=decoder(tokenizer),
                 reward_fn=reward_fn,
-                iterator=iterator, validation_sets=load_validation_sets(cfg, tokenize),
+                iterator=iterator, validation_sets=load_validation_sets(cfg, tokenizer),
                 optimizer=optimizer, update=update, generate_fn=generate_fn)
 
 
@@ -402,23 +378,27 @@ def _train_step(run: _Run, state: Any, ref_params: Any, step: int) -> tuple[Any,
 
 
 def _validate(run: _Run, params: Any, step: int) -> dict[str, float]:
-    v = run.cfg.run.validation
-    metrics = {}
-    for name, records in run.validation_sets.items():
-        results = evaluate_budgets(
-            run.model_config, params, records, think_budgets=v.think_budgets, solution_budget=v.solution_budget,
-            ids=run.ids, decode=run.decode, reward_fn=run.reward_fn, n=v.n, temperature=v.temperature,
-            top_p=v.top_p, seed=step_seed(run.cfg.run.seed, step, VALIDATION_STREAM), mesh=run.mesh,
-            chunk_prompts=run.cfg.rollout.chunk_prompts, generate_fn=run.generate_fn)
-        for budget, values in results.items():
-            for key, value in values.items():
-                metrics[f"val/{name}/t{budget}/{key}"] = value
-    return metrics
+    """`e1jax eval` of the validation sets (its EOS rule, the run's chat template and prompt bucket),
+    seeded by (run seed, step) so a resumed run validates identically."""
+    from e1jax.eval import evaluate
+    from e1jax.sampling import SamplingParams
+
+    cfg = run.cfg
+    v = cfg.run.validation
+    results = evaluate(
+        run.model_config, params, run.tokenizer, run.validation_sets, think_budgets=v.think_budgets,
+        solution_budget=v.solution_budget, n=v.n, sampling=SamplingParams(v.temperature, v.top_p),
+        seed=step_seed(cfg.run.seed, step, VALIDATION_STREAM),
+        batch_size=v.batch_size or cfg.rollout.chunk_prompts or max(map(len, run.validation_sets.values())),
+        mesh=run.mesh, chat_template=cfg.data.chat_template, max_prompt_len=cfg.data.max_prompt_len,
+        progress=False, grade_workers=cfg.reward.workers or None,
+        reward_fn=run.reward_fn if v.grader == "reward" else None)
+    return validation_metrics(results)
 
 
 def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: Callback | None = None) -> TrainResult:
-    """Run (or resume) the GRPO run described by `cfg`; `generate_fn` replaces the sampler
-    (same signature as e1jax.sampling.generate)."""
+    """Run (or resume) the GRPO run described by `cfg`; `generate_fn` replaces the rollout sampler
+    (same signature as e1jax.sampling.generate; validation always runs e1jax.eval's budget sweep)."""
     import jax
 
     from e1jax.rl.checkpoint import CheckpointStore, model_meta
