@@ -9,6 +9,8 @@ import sys
 from e1jax.models.config import PRESETS, ModelConfig
 
 TINY = ModelConfig("qwen2", 4096, 128, 512, 4, 4, 2, 32, max_position_embeddings=4096)
+# Large enough that a decode step reads weights more than KV cache: where sharing the thinking pays.
+SMALL = ModelConfig("qwen2", 32000, 512, 1408, 8, 8, 4, 64, max_position_embeddings=4096)
 
 
 def register(subparsers) -> None:
@@ -54,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
         result["decode"] = rows
 
     if "sweep" not in skip:
-        budgets = [8, 16, 24, 32] if args.quick else [128, 256, 384, 512]
-        solution = 8 if args.quick else 128
-        result["sweep"] = sweep_case(TINY.replace(param_dtype=dtype, dtype=dtype), 8 if args.quick else 16, 32, budgets, solution, log)
+        budgets = [8, 16, 24, 32] if args.quick else [64, 128, 192, 256]
+        solution = 8 if args.quick else 64
+        model = TINY if args.quick else SMALL
+        result["sweep"] = sweep_case(model.replace(param_dtype=dtype, dtype=dtype), 8, 32, budgets, solution, log)
+        result["sweep"]["model"] = "tiny" if args.quick else "small"
+        result["sweep"]["params"] = model.num_params()
         log(json.dumps(result["sweep"]))
 
     if "update" not in skip:

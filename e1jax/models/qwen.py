@@ -4,7 +4,7 @@
 serves full-sequence scoring (no cache), prefill and single-token decode (with a cache).
 Returns fp32 logits and the updated cache.
 
-Cache layout: {"k", "v": (layers, batch, cache_len, kv_heads, head_dim),
+Cache layout: {"k", "v": (layers, batch, kv_heads, cache_len, head_dim),
 "mask": (batch, cache_len) bool (slot holds a real token), "index": int32 next slot}.
 All sequences of a batch advance through the same slots (left padding), so one
 scalar index serves the whole batch; positions (for RoPE) are per sequence.
@@ -24,8 +24,8 @@ from e1jax.sharding import constrain
 Cache = dict[str, jax.Array]
 
 CACHE_LOGICAL_AXES = {
-    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "k": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    "v": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     "mask": ("batch", "cache_length"),
     "index": (),
 }
@@ -67,6 +67,13 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
+def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x (..., in) @ kernel (in, out) as one 2-D matmul (XLA:CPU runs dots with several
+    contracting or free dimensions an order of magnitude slower, forward and backward)."""
+    lead = x.shape[:-1]
+    return (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*lead, kernel.shape[-1])
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
@@ -75,7 +82,8 @@ class Attention(nn.Module):
         cfg = self.config
         dt = _dtype(cfg.dtype)
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        init = nn.initializers.normal(0.02)
+        b, t = x.shape[:2]
+        groups = h // kv
         q = self._project(x, "q_proj", h, "heads")
         k = self._project(x, "k_proj", kv, "kv_heads")
         v = self._project(x, "v_proj", kv, "kv_heads")
@@ -84,10 +92,13 @@ class Attention(nn.Module):
             k = RMSNorm(cfg, axis_name="head_dim", name="k_norm")(k)
         q = rope(q, positions, cfg.rope_theta)
         k = rope(k, positions, cfg.rope_theta)
+        # heads-major: (B, KV, T, D)
+        k = k.transpose(0, 2, 1, 3)
+        v = v.transpose(0, 2, 1, 3)
 
         if cache_kv is not None:
-            # The whole (layers, ...) cache rides in the scan carry and is updated in place.
-            at = (layer, 0, cache_index, 0, 0)
+            # The whole (layers, B, KV, S, D) cache rides in the scan carry and is updated in place.
+            at = (layer, 0, 0, cache_index, 0)
             new_cache = {
                 "k": jax.lax.dynamic_update_slice(cache_kv["k"], k.astype(cache_kv["k"].dtype)[None], at),
                 "v": jax.lax.dynamic_update_slice(cache_kv["v"], v.astype(cache_kv["v"].dtype)[None], at),
@@ -97,18 +108,21 @@ class Attention(nn.Module):
             v_all = jax.lax.dynamic_index_in_dim(new_cache["v"], layer, keepdims=False)
         else:
             k_all, v_all, new_cache = k, v, None
+        s = k_all.shape[2]
 
-        b, t = x.shape[:2]
-        groups = h // kv
-        qg = q.reshape(b, t, kv, groups, d)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_all.astype(dt), preferred_element_type=jnp.float32)
-        scores = scores * (d**-0.5)
+        # One batch dimension (B*KV) and one contracting dimension per matmul.
+        qh = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, groups * t, d)
+        kh = k_all.astype(dt).reshape(b * kv, s, d)
+        vh = v_all.astype(dt).reshape(b * kv, s, d)
+        scores = jnp.einsum("nqd,nsd->nqs", qh, kh, preferred_element_type=jnp.float32) * (d**-0.5)
+        scores = scores.reshape(b, kv, groups, t, s)
         scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(dt)).reshape(b, t, h, d)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * kv, groups * t, s)
+        out = jnp.einsum("nqs,nsd->nqd", probs, vh)
+        out = out.reshape(b, kv, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        wo = _param(self, "o_proj", (h, d, e), ("heads", "head_dim", "embed"), init)
-        y = jnp.einsum("bthd,hde->bte", out, wo.astype(dt))
+        wo = _param(self, "o_proj", (h, d, e), ("heads", "head_dim", "embed"), nn.initializers.normal(0.02))
+        y = dense(out.reshape(b, t, h * d), wo.astype(dt).reshape(h * d, e))
         return y, new_cache
 
     def _project(self, x, name, heads, head_axis):
@@ -116,7 +130,7 @@ class Attention(nn.Module):
         dt = _dtype(cfg.dtype)
         e, d = cfg.hidden_size, cfg.head_dim
         kernel = _param(self, f"{name}_kernel", (e, heads, d), ("embed", head_axis, "head_dim"), nn.initializers.normal(0.02))
-        y = jnp.einsum("bte,ehd->bthd", x, kernel.astype(dt))
+        y = dense(x, kernel.astype(dt).reshape(e, heads * d)).reshape(*x.shape[:2], heads, d)
         if cfg.qkv_bias:
             bias = _param(self, f"{name}_bias", (heads, d), (head_axis, "head_dim"), nn.initializers.zeros)
             y = y + bias.astype(dt)
@@ -135,10 +149,10 @@ class MLP(nn.Module):
         gate = _param(self, "gate_proj", (e, f), ("embed", "mlp"), init)
         up = _param(self, "up_proj", (e, f), ("embed", "mlp"), init)
         down = _param(self, "down_proj", (f, e), ("mlp", "embed"), init)
-        g = jnp.einsum("bte,ef->btf", x, gate.astype(dt))
-        u = jnp.einsum("bte,ef->btf", x, up.astype(dt))
+        g = dense(x, gate.astype(dt))
+        u = dense(x, up.astype(dt))
         hidden = constrain(jax.nn.silu(g) * u, ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fe->bte", hidden, down.astype(dt))
+        return dense(hidden, down.astype(dt))
 
 
 class DecoderLayer(nn.Module):
@@ -229,12 +243,13 @@ class Qwen(nn.Module):
             head = embedding.T
         else:
             head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), nn.initializers.normal(0.02))
-        logits = jnp.einsum("bte,ev->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        b, t, e = x.shape
+        logits = jnp.dot(x.reshape(b * t, e), head.astype(x.dtype), preferred_element_type=jnp.float32).reshape(b, t, -1)
         return constrain(logits, ("batch", "length", "vocab"))
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
     dt = _dtype(dtype or config.dtype)
     return {
         "k": jnp.zeros(shape, dt),

@@ -59,10 +59,17 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
     greedy = temperature <= 0
     t = jnp.where(greedy, 1.0, temperature)
     scaled = logits / t
-    needs_filter = (top_p < 1.0) | (top_k > 0)
-    filtered = jax.lax.cond(needs_filter, _filter_logits, lambda x, p, k: x, scaled, top_p, top_k)
-    sampled = jax.vmap(jax.random.categorical)(keys, filtered)
-    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+
+    def sample(scaled):
+        needs_filter = (top_p < 1.0) | (top_k > 0)
+        filtered = jax.lax.cond(needs_filter, _filter_logits, lambda x, p, k: x, scaled, top_p, top_k)
+        return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+
+    def argmax(scaled):
+        return jnp.argmax(scaled, axis=-1).astype(jnp.int32)
+
+    # Greedy skips the random draw entirely (it dominates a small model's step).
+    tokens = jax.lax.cond(greedy, argmax, sample, scaled)
     logp = jax.nn.log_softmax(scaled, axis=-1)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
