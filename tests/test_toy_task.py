@@ -17,6 +17,7 @@ from e1jax.toy.task import (
     prompt_text,
     response_text,
     sft_text,
+    trace_style,
 )
 from e1jax.toy.tokenizer import build_toy_tokenizer, render_chat_prompt, save_toy_tokenizer
 
@@ -123,6 +124,15 @@ def test_traces_are_correct(records):
             assert s == total
             i += 1
         assert i == len(digits)
+
+
+def test_trace_style_reads_the_first_step(records):
+    for r in records[:100]:
+        assert trace_style(response_text(r, "verbose")) == "verbose"
+        assert trace_style(response_text(r, "concise")) == "concise"
+        assert trace_style(r["thinking_concise"][:3]) == "concise"
+    assert trace_style("</think>The answer is \\boxed{3}.") is None
+    assert trace_style("b3=3") is None
 
 
 def test_sft_text_renders_prompt_and_response(records):

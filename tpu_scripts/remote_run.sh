@@ -252,14 +252,22 @@ start_run() {
     (while sleep "$SYNC_SECONDS"; do copy_logs "$dir" "$worker"; done) &
     sync_pid=$!
   fi
+  local out_fd="" tee_pid=""
   if [[ ${E1JAX_DETACHED:-0} == 1 ]]; then
     "${command[@]}" >>"$log" 2>&1 &
   else
-    "${command[@]}" > >(tee -a "$log" | prefix_lines "$worker") 2>&1 &
+    exec {out_fd}> >(tee -a "$log" | prefix_lines "$worker")
+    tee_pid=$!
+    "${command[@]}" >&"$out_fd" 2>&1 &
   fi
   pid=$!
   echo "$pid" >"$dir/worker-$worker.pid"
   wait "$pid" || status=$?
+  if [[ -n $out_fd ]]; then
+    # Let tee finish writing the command's output before the exit line goes into the log.
+    exec {out_fd}>&-
+    wait "$tee_pid" 2>/dev/null || true
+  fi
   echo "$status" >"$dir/worker-$worker.exit"
   rm -f "$dir/worker-$worker.pid"
   echo "== exit status $status" >>"$log"

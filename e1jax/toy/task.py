@@ -1,27 +1,29 @@
 """The synthetic reasoning task of the miniature E1 demo: labelled digit sums mod 10.
 
-A problem lists k labelled digits, e.g. ``Sum mod 10: a3 b7 c5 d2``; the answer is
+A problem lists k labelled digits, ``Sum mod 10: a3 b7 c5 d2``; the answer is
 their sum mod 10 (here 7). The chain of thought walks through the running sums,
-so it can be cut short anywhere, and the answer depends on every step. Each
-problem carries the same reasoning in two styles:
+so it can be cut anywhere, and the answer depends on every step: a guess from a
+truncated trace is right about one time in ten. Each problem carries the same
+reasoning in two styles:
 
-- verbose (``a:0+3=3; b:3+7=0; c:0+5=5; check:5-5=0 ok; d:5+2=7;``) restates
-  every addition and re-checks every ``check_every``-th step by subtraction,
-  about 8 tokens a step;
-- concise (``a3 b0 c5 d7``) writes only each label and its running sum,
-  2 tokens a step.
+- verbose, about 8 tokens a step, every ``check_every``-th step re-checked:
+  ``a3:0+3=3 b7:3+7=0 c5:0+5=5 check:5-5=0 ok d2:5+2=7``
+- concise, 4 tokens a step: ``a3=3 b7=0 c5=5 d2=7``
 
-Supervised data mixes them (``verbose_fraction``), so a budget-constrained
-GRPO run has a shorter way of reasoning to discover, as E1 shortens real
-reasoning. Every step is a one-digit table lookup and every trace token is
-determined by the problem and the style, which keeps the task learnable by a
-model of a few hundred thousand parameters. Labels let the model look the
-digit of a step up by content instead of counting positions.
+The third token of the thinking (``:`` or ``=``) commits to a style. Supervised
+data mixes the styles (``verbose_fraction``), so budget-constrained GRPO has a
+shorter way of reasoning to discover, as E1 shortens real reasoning. Each step
+is a label lookup in the problem (an induction-head pattern: the digit follows
+its label) and a one-digit addition; every trace token is determined by the
+problem and the style. A 3-layer, 64-wide model learns both styles to ~96%
+accuracy in a few hundred steps of batch 32; 2 layers learn the lookup far more
+slowly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 import numpy as np
@@ -40,6 +42,8 @@ OK_WORD = " ok"
 ANSWER_PREFIX = "The answer is \\boxed{"
 ANSWER_SUFFIX = "}."
 
+_FIRST_STEP = re.compile(rf"{LABELS[0]}\d([=:])")
+
 Style = Literal["verbose", "concise"]
 STYLES: tuple[str, ...] = ("verbose", "concise")
 
@@ -47,7 +51,7 @@ STYLES: tuple[str, ...] = ("verbose", "concise")
 @dataclasses.dataclass(frozen=True)
 class ToyTaskConfig:
     min_steps: int = 2
-    max_steps: int = 10
+    max_steps: int = 8
     verbose_fraction: float = 0.7  # share of records whose supervised trace is verbose
     check_every: int = 3  # verbose traces re-check every n-th step; 0 disables checks
 
@@ -89,6 +93,15 @@ def verbose_trace(digits: list[int], check_every: int) -> str:
             parts.append(f"{CHECK_WORD.strip()}:{s}-{d}={prev}{OK_WORD}")
         prev = s
     return " ".join(parts)
+
+
+def trace_style(response: str) -> Style | None:
+    """Which style a (generated) response's thinking follows, judged by its first
+    step (``a3=3`` concise, ``a3:0+3=3`` verbose); None when it follows neither."""
+    match = _FIRST_STEP.match(response)
+    if match is None:
+        return None
+    return "concise" if match.group(1) == "=" else "verbose"
 
 
 def solution_text(answer: str) -> str:
@@ -144,7 +157,7 @@ def response_text(record: dict, style: Style | None = None) -> str:
 def prompt_text(record: dict) -> str:
     """The rendered chat prompt: the E1 user message in the toy chat template,
     ending with the generation prompt's `<think>`."""
-    from e1jax.toy.tokenizer import render_chat_prompt
+    from e1jax.toy.tokenizer import render_chat_prompt  # the tokenizer imports this module's texts
 
     return render_chat_prompt(e1_user_message(record["problem"]))
 
