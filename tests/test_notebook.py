@@ -11,7 +11,6 @@ One kernel (this venv's python3, working in a temporary folder) runs, in the not
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def test_notebook_structure(notebook):
             assert cell.get("id") in {"devices", "show-plot", "sweep-plot"}, cell.get("id")
 
 
-def test_notebook_runs_cpu_cells_and_rehearses_hub_cells(notebook, tmp_path):
+def test_notebook_runs_cpu_cells_and_rehearses_hub_cells(notebook, tmp_path, monkeypatch):
     pytest.importorskip("e1jax.commands.demo", reason="the demo command (e1jax/commands/demo.py) has not landed yet")
     pytest.importorskip("e1jax.toy.demo", reason="the demo (e1jax/toy/demo.py) has not landed yet")
     nbclient = pytest.importorskip("nbclient")
@@ -137,21 +136,15 @@ def test_notebook_runs_cpu_cells_and_rehearses_hub_cells(notebook, tmp_path):
     rehearsal.source = REHEARSAL_SETTINGS
     nb.cells = cpu + [rehearsal] + hub
 
-    env = {"JAX_PLATFORMS": "cpu", "E1JAX_DISTRIBUTED": "0", "TQDM_DISABLE": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        start = time.perf_counter()
-        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
-                                         resources={"metadata": {"path": str(tmp_path)}})
-        client.execute()
-        print(f"notebook executed in {time.perf_counter() - start:.1f}s:", cell_seconds(nb))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # The kernel inherits this environment (and conftest's 8 simulated devices: the Hub cells take
+    # their multi-device path, as on a TPU with several chips).
+    for name, value in {"JAX_PLATFORMS": "cpu", "E1JAX_DISTRIBUTED": "0", "TQDM_DISABLE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    start = time.perf_counter()
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    print(f"notebook executed in {time.perf_counter() - start:.1f}s:", cell_seconds(nb))
 
     assert "from " + str(REPO / "e1jax") in text_of(by_id(nb, "install"))  # installed already: nothing to do
     assert "on cpu" in text_of(by_id(nb, "devices"))

@@ -152,7 +152,8 @@ def test_rendered_responses_grade_with_the_math_reward(records):
             assert result.correct and result.reason == "correct", (r, result)
     r = records[0]
     wrong = str((int(r["ground_truth"]) + 1) % 10)
-    assert not grade_math(response_text(r).replace(f"{{{r['ground_truth']}}}", f"{{{wrong}}}"), r["ground_truth"]).correct
+    wrong_response = r["thinking_concise"] + "</think>" + r["solution"].replace(r["ground_truth"], wrong)
+    assert grade_math(wrong_response, r["ground_truth"]).reason == "mismatch"
     # Truncated thinking closed by the forced </think> still needs a boxed answer after it.
     assert grade_math(r["thinking_verbose"][:10], r["ground_truth"]).reason == "format_error"
     assert grade_math(r["thinking_verbose"][:10] + "</think>" + r["solution"], r["ground_truth"]).correct
