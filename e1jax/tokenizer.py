@@ -39,7 +39,15 @@ class Tokenizer:
         if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
             raise E1Error(f"no tokenizer files in {model_dir} (pass token ids instead, or add tokenizer.json)")
         try:
-            hf = AutoTokenizer.from_pretrained(str(model_dir))
+            if _declares_generic_backend(model_dir):
+                # transformers 5's AutoTokenizer swaps in the model type's own tokenizer class
+                # (Qwen2Tokenizer for a qwen2 config.json), rebuilding a custom tokenizer.json
+                # (such as the demo's word-level one) wrongly; the generic class reads it as saved.
+                from transformers import PreTrainedTokenizerFast
+
+                hf = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+            else:
+                hf = AutoTokenizer.from_pretrained(str(model_dir))
         except Exception as err:
             raise E1Error(f"cannot load the tokenizer in {model_dir}: {err}".splitlines()[0]) from err
         return cls.from_hf(hf, model_dir)
@@ -82,6 +90,19 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _declares_generic_backend(model_dir: Path) -> bool:
+    import json
+
+    path = model_dir / "tokenizer_config.json"
+    if not (path.is_file() and (model_dir / "tokenizer.json").is_file()):
+        return False
+    try:
+        declared = json.loads(path.read_text()).get("tokenizer_class")
+    except json.JSONDecodeError:
+        return False
+    return declared in ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def _generation_config_eos(model_dir: Path) -> list[int]:

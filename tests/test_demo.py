@@ -70,5 +70,7 @@ def test_demo_models_load_in_e1jax_and_transformers_with_equal_logits(demo_out):
         logits = model(torch.tensor(tokens)).logits.float()
     theirs = torch.log_softmax(logits[:, :-1], -1).gather(-1, torch.tensor(tokens)[:, 1:, None])[..., 0].numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
-    hf_tok = transformers.AutoTokenizer.from_pretrained(demo_out / "e1")
-    assert hf_tok.decode(hf_tok.encode("a3 b0 c5</think>")) == "a3 b0 c5</think>"
+    text = "Sum mod 10: a3 b7 c5"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    generic = transformers.PreTrainedTokenizerFast.from_pretrained(demo_out / "e1")
+    assert generic.encode(text) == tokenizer.encode(text)

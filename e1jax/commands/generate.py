@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
     ids = SpecialIds(close_ids, tokenizer.eos_ids, tokenizer.pad_id, natural_close_id=tokenizer.think_close_id)
     use_template = not args.no_chat_template
     prompt_ids = [tokenizer.encode_prompt(p, chat_template=use_template, e1_instruction=use_template) for p in problems]
-    mesh = make_mesh(args.mesh) if args.mesh else None
+    import jax
+
+    # One process per host: default to a data-parallel mesh over every device.
+    mesh = make_mesh(args.mesh) if args.mesh else (make_mesh("data=-1") if jax.process_count() > 1 else None)
     config, params = load_model_from_args(argparse.Namespace(model=str(model_dir), dtype=args.dtype), mesh=mesh)
     out = generate(
         config, params, prompt_ids, ids=ids, mode=args.mode, think_budget=args.think_budget,
