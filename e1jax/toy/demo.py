@@ -21,6 +21,9 @@ import numpy as np
 from e1jax.errors import E1Error
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# Half the supervised traces verbose, half concise: the baseline uses both ways of reasoning
+# (it picks the verbose one about half the time) and has learned the concise arithmetic well.
+SFT_TASK_VERBOSE_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +42,7 @@ class DemoSize:
     layers: int
 
 
-FULL = DemoSize(sft_problems=6000, sft_steps=1200, sft_batch=32, grpo_problems=4000, grpo_steps=40, eval_problems=500, eval_n=4,
+FULL = DemoSize(sft_problems=6000, sft_steps=1500, sft_batch=32, grpo_problems=4000, grpo_steps=60, eval_problems=500, eval_n=4,
                 think_budgets=(8, 16, 24, 32), solution_budget=16, max_new_tokens=192, hidden=96, layers=3)
 QUICK = DemoSize(sft_problems=1500, sft_steps=150, sft_batch=32, grpo_problems=500, grpo_steps=3, eval_problems=40, eval_n=2,
                  think_budgets=(8, 16, 24, 32), solution_budget=16, max_new_tokens=192, hidden=64, layers=2)
@@ -68,9 +71,9 @@ def stage_sft(size: DemoSize, out: Path, seed: int, tokenizer, hf_tokenizer) -> 
     from e1jax.models.hf import save_hf
     from e1jax.models.params import init_params
     from e1jax.toy.sft import SFTConfig, tokenize_examples, train_sft
-    from e1jax.toy.task import generate_problems, sft_text
+    from e1jax.toy.task import ToyTaskConfig, generate_problems, sft_text
 
-    records = generate_problems(size.sft_problems, seed)
+    records = generate_problems(size.sft_problems, seed, ToyTaskConfig(verbose_fraction=SFT_TASK_VERBOSE_FRACTION))
     examples = []
     for record in records:
         prompt, response = sft_text(record)
