@@ -98,6 +98,14 @@ def _pad_prompts(prompts: list[list[int]], width: int, rows: int, pad_id: int) -
     return tokens, mask
 
 
+def sample_id_rows(sample_ids: Sequence[int] | None, count: int, n: int, rows: int) -> np.ndarray:
+    """Per-row random-stream ids (default 0..count*n-1), zero for the filler rows."""
+    ids = np.arange(count * n) if sample_ids is None else np.asarray(sample_ids, np.int64)
+    if ids.shape != (count * n,):
+        raise E1Error(f"sample_ids must have one id per sample ({count * n})")
+    return np.concatenate([ids, np.zeros((rows - count) * n, np.int64)]).astype(np.uint32)
+
+
 def _settings(sampling: SamplingParams, ids: SpecialIds, max_steps: int) -> loop.LoopSettings:
     arrays = sampling.as_arrays()
     return loop.LoopSettings(
@@ -275,15 +283,10 @@ def generate(
     width = prompt_bucket(max(len(p) for p in prompts))
     rows = batch_bucket(count, _data_multiple(mesh))
     tokens, mask = _pad_prompts(prompts, width, rows, ids.pad_id)
-    if sample_ids is None:
-        sample_ids = np.arange(count * n)
-    sample_ids = np.asarray(sample_ids, np.int64)
-    if sample_ids.shape != (count * n,):
-        raise E1Error(f"sample_ids must have one id per sample ({count * n})")
     pad_rows = rows - count
     tb_rows = np.concatenate([tb, np.full(pad_rows, tb[0])]).repeat(n).astype(np.int32)
     sb_rows = np.concatenate([sb, np.full(pad_rows, sb[0])]).repeat(n).astype(np.int32)
-    id_rows = np.concatenate([sample_ids, np.full(pad_rows * n, 0)]).astype(np.uint32)
+    id_rows = sample_id_rows(sample_ids, count, n, rows)
 
     placed = _place(mesh, {"tokens": tokens, "mask": mask})
     placed_rows = _place(mesh, {"tb": tb_rows, "sb": sb_rows, "ids": id_rows})

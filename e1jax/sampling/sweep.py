@@ -39,6 +39,7 @@ from e1jax.sampling.generate import (
     batch_bucket,
     generation_bucket,
     prompt_bucket,
+    sample_id_rows,
 )
 from e1jax.sampling.ops import SamplingParams
 from e1jax.sharding import activate, to_host
@@ -154,12 +155,7 @@ def budget_sweep(
     cache_len = width + think_width + solve_width + 4
     rows = batch_bucket(count, _data_multiple(mesh))
     tokens, mask = _pad_prompts(prompts, width, rows, ids.pad_id)
-    if sample_ids is None:
-        sample_ids = np.arange(count * n)
-    sample_ids = np.asarray(sample_ids, np.int64)
-    if sample_ids.shape != (count * n,):
-        raise E1Error(f"sample_ids must have one id per sample ({count * n})")
-    id_rows = np.concatenate([sample_ids, np.zeros((rows - count) * n, np.int64)]).astype(np.uint32)
+    id_rows = sample_id_rows(sample_ids, count, n, rows)
     placed = _place(mesh, {"tokens": tokens, "mask": mask, "ids": id_rows, "sb": np.full(rows * n, solution_budget, np.int32)})
 
     with activate(mesh):
