@@ -112,12 +112,12 @@ def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSet
 
     in_think = phase == THINK
     keys = _token_keys(state.keys, state.key_offset + state.out_len)
-    sampled, sampled_logp = sample_tokens(logits, keys, s.temperature, s.top_p, s.top_k)
+    sampled = sample_tokens(logits, keys, s.temperature, s.top_p, s.top_k)
     close_len = s.close_ids.shape[0]
     forced_token = s.close_ids[jnp.clip(state.force_pos, 0, close_len - 1)]
     is_forced = phase == CLOSE
     token = jnp.where(is_forced, forced_token, sampled)
-    logp = jnp.where(is_forced, token_logprob(logits, forced_token, s.temperature), sampled_logp)
+    logp = token_logprob(logits, token, s.temperature)
     token = jnp.where(active, token, s.pad_id)
 
     is_eos = _in(token, s.eos_ids)

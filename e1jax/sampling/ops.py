@@ -49,16 +49,11 @@ def _filter_logits(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax
     return jnp.where(logits >= cutoff, logits, -jnp.inf)
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array):
-    """Pick one token per row of fp32 `logits` (B, V).
-
-    Returns (tokens, logprobs): the log-probability is that of the token under
-    softmax(logits / temperature) before top-p/top-k truncation (temperature 1 when greedy),
-    which is what the trainer recomputes.
-    """
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Pick one token per row of fp32 `logits` (B, V): greedy when temperature is 0, else a
+    draw from softmax(logits / temperature) truncated by top-p / top-k."""
     greedy = temperature <= 0
-    t = jnp.where(greedy, 1.0, temperature)
-    scaled = logits / t
+    scaled = logits / jnp.where(greedy, 1.0, temperature)
 
     def sample(scaled):
         needs_filter = (top_p < 1.0) | (top_k > 0)
@@ -69,12 +64,12 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: jax.Array, to
         return jnp.argmax(scaled, axis=-1).astype(jnp.int32)
 
     # Greedy skips the random draw entirely (it dominates a small model's step).
-    tokens = jax.lax.cond(greedy, argmax, sample, scaled)
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    return jax.lax.cond(greedy, argmax, sample, scaled)
 
 
 def token_logprob(logits: jax.Array, tokens: jax.Array, temperature: jax.Array) -> jax.Array:
+    """Log-prob of `tokens` under softmax(logits / temperature) before top-p/top-k truncation
+    (temperature 1 when greedy): what the trainer recomputes."""
     t = jnp.where(temperature <= 0, 1.0, temperature)
     logp = jax.nn.log_softmax(logits / t, axis=-1)
     return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
