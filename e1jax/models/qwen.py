@@ -178,7 +178,11 @@ def _remat_policy(name: str):
 
 
 class Qwen(nn.Module):
+    """`unrolled`: the layers are separate parameter subtrees `layer_0` ... instead of one
+    stacked `layers` tree under nn.scan (see `unstack_layers`)."""
+
     config: ModelConfig
+    unrolled: bool = False
 
     @nn.compact
     def __call__(
@@ -214,15 +218,21 @@ class Qwen(nn.Module):
         layer_cls = DecoderLayer
         if cfg.remat != "none":
             layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat), prevent_cse=False)
-        stack = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, name="layers")
-        (x, new_layer_caches, _), _ = stack((x, layer_caches, jnp.int32(0)), positions, key_mask, cache_index)
+        carry = (x, layer_caches, jnp.int32(0))
+        if self.unrolled:
+            for i in range(cfg.num_layers):
+                carry, _ = layer_cls(cfg, name=f"layer_{i}")(carry, positions, key_mask, cache_index)
+        else:
+            stack = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+            carry, _ = stack(carry, positions, key_mask, cache_index)
+        x, new_layer_caches, _ = carry
         x = RMSNorm(cfg, name="norm")(x)
         if return_hidden:
             return x
@@ -246,6 +256,15 @@ class Qwen(nn.Module):
         b, t, e = x.shape
         logits = jnp.dot(x.reshape(b * t, e), head.astype(x.dtype), preferred_element_type=jnp.float32).reshape(b, t, -1)
         return constrain(logits, ("batch", "length", "vocab"))
+
+
+def is_unrolled(params: Any) -> bool:
+    return "layers" not in params
+
+
+def model_for(config: ModelConfig, params: Any) -> Qwen:
+    """The module that reads `params` in their layout (stacked or unrolled layers)."""
+    return Qwen(config, unrolled=is_unrolled(params))
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:

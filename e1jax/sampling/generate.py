@@ -13,7 +13,8 @@ from jax.sharding import Mesh
 
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
-from e1jax.models.qwen import Qwen, init_cache
+from e1jax.models.params import decode_layout
+from e1jax.models.qwen import init_cache, model_for
 from e1jax.sampling import loop
 from e1jax.sampling.ops import SamplingParams
 from e1jax.sharding import activate, from_host, named_sharding, to_host
@@ -125,7 +126,7 @@ def _prefill(config: ModelConfig, params, tokens, mask, n: int, cache_len: int):
     rows = tokens.shape[0]
     cache = loop.constrain_cache(init_cache(config, rows, cache_len))
     positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-    _, cache = Qwen(config).apply({"params": params}, tokens[:, :-1], positions[:, :-1], mask[:, :-1], cache)
+    _, cache = model_for(config, params).apply({"params": params}, tokens[:, :-1], positions[:, :-1], mask[:, :-1], cache)
     if n > 1:
         cache = {
             "k": jnp.repeat(cache["k"], n, axis=1),
@@ -289,6 +290,7 @@ def generate(
     id_rows = sample_id_rows(sample_ids, count, n, rows)
 
     placed = _place(mesh, {"tokens": tokens, "mask": mask})
+    params = decode_layout(params)
     placed_rows = _place(mesh, {"tb": tb_rows, "sb": sb_rows, "ids": id_rows})
     settings = _settings(sampling, ids, out_width + 1)
     with activate(mesh):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from e1jax.models.config import ModelConfig
-from e1jax.models.qwen import CACHE_LOGICAL_AXES, Qwen
+from e1jax.models.qwen import CACHE_LOGICAL_AXES, model_for
 from e1jax.sampling.ops import sample_tokens, token_logprob
 from e1jax.sharding import constrain
 
@@ -89,7 +89,7 @@ def _token_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
 
 def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSettings, *, pause_thinking: bool, eos_forces_close: bool) -> DecodeState:
     live = state.phase != DONE
-    logits, cache = Qwen(config).apply(
+    logits, cache = model_for(config, params).apply(
         {"params": params},
         state.pending[:, None],
         state.position[:, None],

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
+from e1jax.models.params import decode_layout
 from e1jax.sampling import loop
 from e1jax.sampling.generate import (
     GenerationOutput,
@@ -158,6 +159,7 @@ def budget_sweep(
     id_rows = sample_id_rows(sample_ids, count, n, rows)
     placed = _place(mesh, {"tokens": tokens, "mask": mask, "ids": id_rows, "sb": np.full(rows * n, solution_budget, np.int32)})
 
+    params = decode_layout(params)
     with activate(mesh):
         cache, think = _think_jit(
             params, placed["tokens"], placed["mask"], jnp.int32(budgets[-1]), placed["ids"], jnp.uint32(seed),

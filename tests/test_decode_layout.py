@@ -1,0 +1,82 @@
+"""Unrolled-layer params (the CPU decode layout): same model, shared memory, kept shardings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e1jax.models import ModelConfig, Qwen, init_cache, positions_from_mask
+from e1jax.models.params import decode_layout, init_params, unstack_layers
+from e1jax.models.qwen import is_unrolled, model_for
+from e1jax.sharding import activate, make_mesh
+
+CFG = ModelConfig("qwen3", 97, 48, 96, 3, 6, 2, 8, tie_word_embeddings=False)
+
+
+def _decode(cfg, params, tokens):
+    """Prefill 4 tokens, then decode the rest one at a time; all logits."""
+    mask = jnp.ones(tokens.shape, bool)
+    positions = positions_from_mask(mask)
+    apply = jax.jit(model_for(cfg, params).apply)
+    cache = init_cache(cfg, tokens.shape[0], 16)
+    logits, cache = apply({"params": params}, tokens[:, :4], positions[:, :4], mask[:, :4], cache)
+    steps = [logits]
+    for t in range(4, tokens.shape[1]):
+        logits, cache = apply({"params": params}, tokens[:, t : t + 1], positions[:, t : t + 1], mask[:, t : t + 1], cache)
+        steps.append(logits)
+    return np.asarray(jnp.concatenate(steps, axis=1)), cache
+
+
+def test_unrolled_layers_compute_the_same_model():
+    params = init_params(CFG, 0)
+    unrolled = unstack_layers(params)
+    assert is_unrolled(unrolled) and not is_unrolled(params)
+    assert sorted(k for k in unrolled if k.startswith("layer_")) == ["layer_0", "layer_1", "layer_2"]
+    tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, CFG.vocab_size)
+    ref, ref_cache = _decode(CFG, params, tokens)
+    got, got_cache = _decode(CFG, unrolled, tokens)
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(got_cache["k"]), np.asarray(ref_cache["k"]), atol=1e-6, rtol=0)
+    full, _ = Qwen(CFG, unrolled=True).apply({"params": unrolled}, tokens, positions_from_mask(jnp.ones(tokens.shape, bool)), jnp.ones(tokens.shape, bool))
+    np.testing.assert_allclose(np.asarray(full), ref, atol=1e-5, rtol=0)
+
+
+def test_unstacked_layers_share_the_stacked_memory():
+    params = init_params(CFG, 0)
+    unrolled = unstack_layers(params)
+    stacked = params["layers"]["mlp"]["up_proj"]
+    layer = unrolled["layer_2"]["mlp"]["up_proj"]
+    np.testing.assert_array_equal(np.asarray(layer), np.asarray(stacked[2]))
+    row_bytes = stacked[0].size * stacked.dtype.itemsize
+    assert layer.unsafe_buffer_pointer() == stacked.unsafe_buffer_pointer() + 2 * row_bytes
+    assert unrolled["embed_tokens"] is params["embed_tokens"]
+    assert decode_layout(unrolled) is unrolled  # already unrolled: unchanged
+
+
+def test_donating_the_stacked_params_after_decoding_keeps_them_correct():
+    params = init_params(CFG, 0)
+    expected = np.asarray(params["layers"]["mlp"]["down_proj"]) * 2
+    tokens = jax.random.randint(jax.random.key(1), (1, 6), 0, CFG.vocab_size)
+    _decode(CFG, unstack_layers(params), tokens)
+    doubled = jax.jit(lambda p: jax.tree.map(lambda x: x * 2, p), donate_argnums=0)(params)
+    np.testing.assert_array_equal(np.asarray(doubled["layers"]["mlp"]["down_proj"]), expected)
+
+
+@pytest.mark.parametrize("mesh_spec", ["data=2,tensor=4", "fsdp=8"])
+def test_unstacking_sharded_params_keeps_their_sharding(mesh_spec):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    cfg = ModelConfig("qwen2", 128, 64, 128, 2, 8, 4, 8)
+    mesh = make_mesh(mesh_spec)
+    params = init_params(cfg, 0, mesh=mesh)
+    unrolled = unstack_layers(params)
+    stacked_q = params["layers"]["self_attn"]["q_proj_kernel"]
+    q = unrolled["layer_1"]["self_attn"]["q_proj_kernel"]
+    assert tuple(q.sharding.spec) == tuple(stacked_q.sharding.spec)[1:]
+    assert q.addressable_shards[0].data.size < q.size  # still split
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(stacked_q)[1])
+    tokens = jax.random.randint(jax.random.key(2), (4, 8), 0, cfg.vocab_size)
+    ref, _ = _decode(cfg, init_params(cfg, 0), tokens)
+    with activate(mesh):
+        got, _ = _decode(cfg, unrolled, tokens)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
