@@ -18,7 +18,7 @@ def _decode(cfg, params, tokens):
     mask = jnp.ones(tokens.shape, bool)
     positions = positions_from_mask(mask)
     apply = jax.jit(model_for(cfg, params).apply)
-    cache = init_cache(cfg, tokens.shape[0], 16)
+    cache = init_cache(cfg, tokens.shape[0], 16, unrolled=is_unrolled(params))
     logits, cache = apply({"params": params}, tokens[:, :4], positions[:, :4], mask[:, :4], cache)
     steps = [logits]
     for t in range(4, tokens.shape[1]):
@@ -36,7 +36,9 @@ def test_unrolled_layers_compute_the_same_model():
     ref, ref_cache = _decode(CFG, params, tokens)
     got, got_cache = _decode(CFG, unrolled, tokens)
     np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(np.asarray(got_cache["k"]), np.asarray(ref_cache["k"]), atol=1e-6, rtol=0)
+    assert isinstance(got_cache["k"], list) and len(got_cache["k"]) == CFG.num_layers
+    for name in ("k", "v"):
+        np.testing.assert_allclose(np.stack(got_cache[name]), np.asarray(ref_cache[name]), atol=1e-6, rtol=0)
     full, _ = Qwen(CFG, unrolled=True).apply({"params": unrolled}, tokens, positions_from_mask(jnp.ones(tokens.shape, bool)), jnp.ones(tokens.shape, bool))
     np.testing.assert_allclose(np.asarray(full), ref, atol=1e-5, rtol=0)
 

@@ -4,15 +4,16 @@
 serves full-sequence scoring (no cache), prefill and single-token decode (with a cache).
 Returns fp32 logits and the updated cache.
 
-Cache layout: {"k", "v": (layers, batch, kv_heads, cache_len, head_dim),
-"mask": (batch, cache_len) bool (slot holds a real token), "index": int32 next slot}.
-All sequences of a batch advance through the same slots (left padding), so one
-scalar index serves the whole batch; positions (for RoPE) are per sequence.
+Cache layout: {"k": keys stored transposed, (layers, batch, kv_heads, head_dim, cache_len),
+"v": (layers, batch, kv_heads, cache_len, head_dim), "mask": (batch, cache_len) bool (slot
+holds a real token), "index": int32 next slot}. With unrolled layers "k" and "v" are lists
+of per-layer arrays (no layers axis). All sequences of a batch advance through the same slots
+(left padding), so one scalar index serves the whole batch; positions (for RoPE) are per sequence.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -23,8 +24,10 @@ from e1jax.sharding import constrain
 
 Cache = dict[str, jax.Array]
 
+# Keys are stored transposed: scores then come from one plain batched matmul q @ K^T, which
+# XLA:CPU runs 2-3x faster than contracting both operands' last dimension.
 CACHE_LOGICAL_AXES = {
-    "k": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    "k": ("layers", "batch", "kv_heads", "head_dim", "cache_length"),
     "v": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     "mask": ("batch", "cache_length"),
     "index": (),
@@ -83,7 +86,6 @@ class Attention(nn.Module):
         dt = _dtype(cfg.dtype)
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         b, t = x.shape[:2]
-        groups = h // kv
         q = self._project(x, "q_proj", h, "heads")
         k = self._project(x, "k_proj", kv, "kv_heads")
         v = self._project(x, "v_proj", kv, "kv_heads")
@@ -92,38 +94,65 @@ class Attention(nn.Module):
             k = RMSNorm(cfg, axis_name="head_dim", name="k_norm")(k)
         q = rope(q, positions, cfg.rope_theta)
         k = rope(k, positions, cfg.rope_theta)
-        # heads-major: (B, KV, T, D)
-        k = k.transpose(0, 2, 1, 3)
-        v = v.transpose(0, 2, 1, 3)
+        kt = k.transpose(0, 2, 3, 1)  # (B, KV, D, T)
+        v = v.transpose(0, 2, 1, 3)  # (B, KV, T, D)
 
+        # Queries attend to the cache as it was before this call plus the new keys.
+        keys, values = [kt], [v]
         if cache_kv is not None:
-            # The whole (layers, B, KV, S, D) cache rides in the scan carry and is updated in place.
-            at = (layer, 0, 0, cache_index, 0)
+            if layer is None:  # this layer's own cache (unrolled layers)
+                keys, values = [cache_kv["k"], kt], [cache_kv["v"], v]
+            else:  # the stacked cache rides in the scan carry
+                keys = [jax.lax.dynamic_index_in_dim(cache_kv["k"], layer, keepdims=False), kt]
+                values = [jax.lax.dynamic_index_in_dim(cache_kv["v"], layer, keepdims=False), v]
+        out = self._attend(q, keys, values, key_mask)
+        new_cache = None
+        if cache_kv is not None:
+            # The write must data-depend on the attention output (a zero XLA cannot fold away):
+            # then XLA orders it after the reads of the old cache and updates the cache in
+            # place; otherwise it copies the whole cache every step.
+            first = out[0, 0, 0, 0]
+            zero = jnp.where(jnp.isfinite(first), first, 0) * 0
+            kt, v = kt + zero.astype(kt.dtype), v + zero.astype(v.dtype)
+            old_k, old_v = cache_kv["k"], cache_kv["v"]
+            if layer is None:
+                at_k, at_v, axes = (0, 0, 0, cache_index), (0, 0, cache_index, 0), slice(1, None)
+            else:
+                at_k, at_v, axes = (layer, 0, 0, 0, cache_index), (layer, 0, 0, cache_index, 0), slice(None)
+                kt, v = kt[None], v[None]
             new_cache = {
-                "k": jax.lax.dynamic_update_slice(cache_kv["k"], k.astype(cache_kv["k"].dtype)[None], at),
-                "v": jax.lax.dynamic_update_slice(cache_kv["v"], v.astype(cache_kv["v"].dtype)[None], at),
+                "k": jax.lax.dynamic_update_slice(old_k, kt.astype(old_k.dtype), at_k),
+                "v": jax.lax.dynamic_update_slice(old_v, v.astype(old_v.dtype), at_v),
             }
-            new_cache = {name: constrain(c, CACHE_LOGICAL_AXES[name]) for name, c in new_cache.items()}
-            k_all = jax.lax.dynamic_index_in_dim(new_cache["k"], layer, keepdims=False)
-            v_all = jax.lax.dynamic_index_in_dim(new_cache["v"], layer, keepdims=False)
-        else:
-            k_all, v_all, new_cache = k, v, None
-        s = k_all.shape[2]
-
-        # One batch dimension (B*KV) and one contracting dimension per matmul.
-        qh = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, groups * t, d)
-        kh = k_all.astype(dt).reshape(b * kv, s, d)
-        vh = v_all.astype(dt).reshape(b * kv, s, d)
-        scores = jnp.einsum("nqd,nsd->nqs", qh, kh, preferred_element_type=jnp.float32) * (d**-0.5)
-        scores = scores.reshape(b, kv, groups, t, s)
-        scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * kv, groups * t, s)
-        out = jnp.einsum("nqs,nsd->nqd", probs, vh)
-        out = out.reshape(b, kv, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
-        out = constrain(out, ("batch", "length", "heads", "head_dim"))
+            new_cache = {name: constrain(c, CACHE_LOGICAL_AXES[name][axes]) for name, c in new_cache.items()}
         wo = _param(self, "o_proj", (h, d, e), ("heads", "head_dim", "embed"), nn.initializers.normal(0.02))
         y = dense(out.reshape(b, t, h * d), wo.astype(dt).reshape(h * d, e))
         return y, new_cache
+
+    def _attend(self, q, keys, values, key_mask):
+        """Softmax attention of q (B, T, H, D) over the concatenated key parts (B, KV, D, S_i)
+        and value parts (B, KV, S_i, D); key_mask (B, T, sum S_i)."""
+        cfg = self.config
+        dt = _dtype(cfg.dtype)
+        b, t, h, d = q.shape
+        kv = cfg.num_kv_heads
+        groups = h // kv
+        # One batch dimension (B*KV) and one contracting dimension per matmul.
+        qh = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, groups * t, d)
+        scores = jnp.concatenate(
+            [jnp.einsum("nqd,nds->nqs", qh, part.astype(dt).reshape(b * kv, d, -1), preferred_element_type=jnp.float32) for part in keys], axis=-1
+        ) * (d**-0.5)
+        s = scores.shape[-1]
+        scores = scores.reshape(b, kv, groups, t, s)
+        scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * kv, groups * t, s)
+        out, offset = 0, 0
+        for part in values:
+            width = part.shape[2]
+            out = out + jnp.einsum("nqs,nsd->nqd", probs[:, :, offset : offset + width], part.astype(dt).reshape(b * kv, width, d))
+            offset += width
+        out = out.reshape(b, kv, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+        return constrain(out, ("batch", "length", "heads", "head_dim"))
 
     def _project(self, x, name, heads, head_axis):
         cfg = self.config
@@ -161,6 +190,7 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, carry, positions, key_mask, cache_index):
         cfg = self.config
+        # layer: index into a stacked cache, or None when cache_kv is this layer's own
         x, cache_kv, layer = carry
         h = RMSNorm(cfg, name="input_layernorm")(x)
         attn, cache_kv = Attention(cfg, name="self_attn")(h, positions, key_mask, cache_kv, layer, cache_index)
@@ -168,7 +198,7 @@ class DecoderLayer(nn.Module):
         h = RMSNorm(cfg, name="post_attention_layernorm")(x)
         x = x + MLP(cfg, name="mlp")(h)
         x = constrain(x, ("batch", "length", "embed"))
-        return (x, cache_kv, layer + 1), None
+        return (x, cache_kv, None if layer is None else layer + 1), None
 
 
 def _remat_policy(name: str):
@@ -201,28 +231,31 @@ class Qwen(nn.Module):
         attention_mask = attention_mask.astype(bool)
         t = tokens.shape[1]
 
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        new_keys = attention_mask[:, None, :] & causal[None]  # (B, T, T)
         if cache is None:
-            query_slots = jnp.arange(t)
-            key_valid = attention_mask
             cache_index = jnp.int32(0)
+            key_mask = new_keys
             layer_caches = None
         else:
+            # Every filled slot precedes the new tokens; keys = cache slots ++ new tokens.
             cache_index = cache["index"]
-            query_slots = cache_index + jnp.arange(t)
+            key_mask = jnp.concatenate([jnp.broadcast_to(cache["mask"][:, None, :], (tokens.shape[0], t, cache["mask"].shape[1])), new_keys], axis=-1)
             key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
             layer_caches = {"k": cache["k"], "v": cache["v"]}
-        key_slots = jnp.arange(key_valid.shape[1])
-        causal = key_slots[None, :] <= query_slots[:, None]  # (T, S)
-        key_mask = key_valid[:, None, :] & causal[None, :, :]  # (B, T, S)
 
         layer_cls = DecoderLayer
         if cfg.remat != "none":
             layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat), prevent_cse=False)
-        carry = (x, layer_caches, jnp.int32(0))
         if self.unrolled:
+            new_per_layer = []
             for i in range(cfg.num_layers):
-                carry, _ = layer_cls(cfg, name=f"layer_{i}")(carry, positions, key_mask, cache_index)
+                own = None if layer_caches is None else {"k": layer_caches["k"][i], "v": layer_caches["v"][i]}
+                (x, own, _), _ = layer_cls(cfg, name=f"layer_{i}")((x, own, None), positions, key_mask, cache_index)
+                new_per_layer.append(own)
+            new_layer_caches = None if layer_caches is None else {name: [c[name] for c in new_per_layer] for name in ("k", "v")}
         else:
+            carry = (x, layer_caches, jnp.int32(0))
             stack = nn.scan(
                 layer_cls,
                 variable_axes={"params": 0},
@@ -231,8 +264,7 @@ class Qwen(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
-            carry, _ = stack(carry, positions, key_mask, cache_index)
-        x, new_layer_caches, _ = carry
+            (x, new_layer_caches, _), _ = stack(carry, positions, key_mask, cache_index)
         x = RMSNorm(cfg, name="norm")(x)
         if return_hidden:
             return x
@@ -267,17 +299,34 @@ def model_for(config: ModelConfig, params: Any) -> Qwen:
     return Qwen(config, unrolled=is_unrolled(params))
 
 
-def init_cache(config: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
-    shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
+def init_cache(config: ModelConfig, batch: int, length: int, dtype: str | None = None, unrolled: bool = False) -> Cache:
+    """An empty cache; `unrolled`: per-layer lists for Qwen(unrolled=True)."""
     dt = _dtype(dtype or config.dtype)
-    return {
-        "k": jnp.zeros(shape, dt),
-        "v": jnp.zeros(shape, dt),
-        "mask": jnp.zeros((batch, length), bool),
-        "index": jnp.int32(0),
-    }
+    k_shape = (batch, config.num_kv_heads, config.head_dim, length)
+    v_shape = (batch, config.num_kv_heads, length, config.head_dim)
+    if unrolled:
+        k = [jnp.zeros(k_shape, dt) for _ in range(config.num_layers)]
+        v = [jnp.zeros(v_shape, dt) for _ in range(config.num_layers)]
+    else:
+        k = jnp.zeros((config.num_layers,) + k_shape, dt)
+        v = jnp.zeros((config.num_layers,) + v_shape, dt)
+    return {"k": k, "v": v, "mask": jnp.zeros((batch, length), bool), "index": jnp.int32(0)}
 
 
+def map_cache_rows(fn: Callable[[jax.Array], jax.Array], cache: Cache) -> Cache:
+    """Apply `fn`, which acts on axis 0 (batch rows), to every per-row array of a cache."""
+
+    def keys_or_values(x):
+        return [fn(a) for a in x] if isinstance(x, list) else jax.vmap(fn)(x)
+
+    return {"k": keys_or_values(cache["k"]), "v": keys_or_values(cache["v"]), "mask": fn(cache["mask"]), "index": cache["index"]}
+
+
+def constrain_cache(cache: Cache) -> Cache:
+    def axes(name, x):
+        return CACHE_LOGICAL_AXES[name][1:] if isinstance(cache[name], list) else CACHE_LOGICAL_AXES[name]
+
+    return {name: jax.tree.map(lambda x, name=name: constrain(x, axes(name, x)), value) for name, value in cache.items()}
 
 
 def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import decode_layout
-from e1jax.models.qwen import init_cache, model_for
+from e1jax.models.qwen import constrain_cache, init_cache, is_unrolled, map_cache_rows, model_for
 from e1jax.sampling import loop
 from e1jax.sampling.ops import SamplingParams
 from e1jax.sharding import activate, from_host, named_sharding, to_host
@@ -124,17 +124,12 @@ def _settings(sampling: SamplingParams, ids: SpecialIds, max_steps: int) -> loop
 def _prefill(config: ModelConfig, params, tokens, mask, n: int, cache_len: int):
     """Prefill all but the last prompt token once per prompt, then repeat the cache n times."""
     rows = tokens.shape[0]
-    cache = loop.constrain_cache(init_cache(config, rows, cache_len))
+    cache = constrain_cache(init_cache(config, rows, cache_len, unrolled=is_unrolled(params)))
     positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
     _, cache = model_for(config, params).apply({"params": params}, tokens[:, :-1], positions[:, :-1], mask[:, :-1], cache)
     if n > 1:
-        cache = {
-            "k": jnp.repeat(cache["k"], n, axis=1),
-            "v": jnp.repeat(cache["v"], n, axis=1),
-            "mask": jnp.repeat(cache["mask"], n, axis=0),
-            "index": cache["index"],
-        }
-    cache = loop.constrain_cache(cache)
+        cache = map_cache_rows(lambda x: jnp.repeat(x, n, axis=0), cache)
+    cache = constrain_cache(cache)
     pending = jnp.repeat(tokens[:, -1], n)
     position = jnp.repeat(positions[:, -1], n)
     return cache, pending, position

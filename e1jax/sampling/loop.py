@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from e1jax.models.config import ModelConfig
-from e1jax.models.qwen import CACHE_LOGICAL_AXES, model_for
+from e1jax.models.qwen import model_for
 from e1jax.sampling.ops import sample_tokens, token_logprob
-from e1jax.sharding import constrain
 
 THINK, CLOSE, SOLVE, DONE = 0, 1, 2, 3
 
@@ -186,6 +185,3 @@ def run_loop(config: ModelConfig, params: Any, state: DecodeState, settings: Loo
     stopped = final.phase != DONE
     return final.replace(finish=jnp.where(stopped, LENGTH, final.finish), phase=jnp.where(stopped, DONE, final.phase))
 
-
-def constrain_cache(cache: dict) -> dict:
-    return {k: constrain(v, CACHE_LOGICAL_AXES[k]) for k, v in cache.items()}

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import decode_layout
+from e1jax.models.qwen import constrain_cache, map_cache_rows
 from e1jax.sampling import loop
 from e1jax.sampling.generate import (
     GenerationOutput,
@@ -84,15 +85,11 @@ def _solve_jit(params, cache, think, budgets, solution_budget, sample_ids, seed,
 
     slots = jnp.arange(cache["mask"].shape[1])
     keep = slots[None, None, :] < (prompt_width + cut - 1)[..., None]  # (K, B, S)
-    tiled = {
-        "k": jnp.tile(cache["k"], (1, k, 1, 1, 1)),
-        "v": jnp.tile(cache["v"], (1, k, 1, 1, 1)),
-        "mask": (cache["mask"][None] & keep).reshape(k * rows, -1),
-        "index": cache["index"],
-    }
+    tiled = map_cache_rows(lambda x: jnp.tile(x, (k,) + (1,) * (x.ndim - 1)), cache)
+    tiled["mask"] = (cache["mask"][None] & keep).reshape(k * rows, -1)
     flat = lambda x: x.reshape((k * rows,) + x.shape[2:])  # noqa: E731
     state = _new_state(
-        loop.constrain_cache(tiled),
+        constrain_cache(tiled),
         flat(pending),
         flat(position),
         flat(phase).astype(jnp.int32),
