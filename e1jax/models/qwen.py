@@ -111,8 +111,9 @@ class Attention(nn.Module):
             # The write must data-depend on the attention output (a zero XLA cannot fold away):
             # then XLA orders it after the reads of the old cache and updates the cache in
             # place; otherwise it copies the whole cache every step.
-            first = out[0, 0, 0, 0]
-            zero = jnp.where(jnp.isfinite(first), first, 0) * 0
+            # One value per (batch row, kv head) keeps the dependency local to each shard.
+            first = out[:, 0, :, 0].reshape(b, kv, -1)[:, :, 0]
+            zero = (jnp.where(jnp.isfinite(first), first, 0) * 0)[:, :, None, None]
             kt, v = kt + zero.astype(kt.dtype), v + zero.astype(v.dtype)
             old_k, old_v = cache_kv["k"], cache_kv["v"]
             if layer is None:
