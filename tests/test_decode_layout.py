@@ -1,4 +1,4 @@
-"""Unrolled-layer params (the CPU decode layout): same model, shared memory, kept shardings."""
+"""The CPU decode layout (layers unrolled, kernels transposed): same model, one copy, kept shardings."""
 
 import jax
 import jax.numpy as jnp
@@ -43,16 +43,24 @@ def test_unrolled_layers_compute_the_same_model():
     np.testing.assert_allclose(np.asarray(full), ref, atol=1e-5, rtol=0)
 
 
-def test_unstacked_layers_share_the_stacked_memory():
+def test_decode_layout_transposes_the_kernels_once_and_views_the_rest():
     params = init_params(CFG, 0)
     unrolled = unstack_layers(params)
-    stacked = params["layers"]["mlp"]["up_proj"]
-    layer = unrolled["layer_2"]["mlp"]["up_proj"]
-    np.testing.assert_array_equal(np.asarray(layer), np.asarray(stacked[2]))
-    row_bytes = stacked[0].size * stacked.dtype.itemsize
-    assert layer.unsafe_buffer_pointer() == stacked.unsafe_buffer_pointer() + 2 * row_bytes
+    layers = params["layers"]
+    np.testing.assert_array_equal(np.asarray(unrolled["layer_2"]["mlp"]["up_proj"]), np.asarray(layers["mlp"]["up_proj"][2]).T)
+    np.testing.assert_array_equal(np.asarray(unrolled["layer_1"]["self_attn"]["q_proj_kernel"]),
+                                  np.asarray(layers["self_attn"]["q_proj_kernel"][1]).transpose(1, 2, 0))
+    np.testing.assert_array_equal(np.asarray(unrolled["layer_0"]["self_attn"]["o_proj"]),
+                                  np.asarray(layers["self_attn"]["o_proj"][0]).transpose(2, 0, 1))
+    np.testing.assert_array_equal(np.asarray(unrolled["lm_head"]), np.asarray(params["lm_head"]).T)
+    # Norm scales are views of the stacked params; each kernel's layers are views of one transposed copy.
+    scale = layers["input_layernorm"]["scale"]
+    assert unrolled["layer_2"]["input_layernorm"]["scale"].unsafe_buffer_pointer() == scale.unsafe_buffer_pointer() + 2 * scale[0].size * 4
+    up = [unrolled[f"layer_{i}"]["mlp"]["up_proj"] for i in range(CFG.num_layers)]
+    assert up[2].unsafe_buffer_pointer() == up[0].unsafe_buffer_pointer() + 2 * up[0].size * 4
+    assert up[0].unsafe_buffer_pointer() != layers["mlp"]["up_proj"].unsafe_buffer_pointer()
     assert unrolled["embed_tokens"] is params["embed_tokens"]
-    assert decode_layout(unrolled) is unrolled  # already unrolled: unchanged
+    assert decode_layout(unrolled) is unrolled  # already in the decode layout: unchanged
 
 
 def test_donating_the_stacked_params_after_decoding_keeps_them_correct():
@@ -74,9 +82,10 @@ def test_unstacking_sharded_params_keeps_their_sharding(mesh_spec):
     unrolled = unstack_layers(params)
     stacked_q = params["layers"]["self_attn"]["q_proj_kernel"]
     q = unrolled["layer_1"]["self_attn"]["q_proj_kernel"]
-    assert tuple(q.sharding.spec) == tuple(stacked_q.sharding.spec)[1:]
+    embed, heads, head_dim = (tuple(stacked_q.sharding.spec) + (None,) * 4)[1:4]
+    assert (tuple(q.sharding.spec) + (None,) * 3)[:3] == (heads, head_dim, embed)
     assert q.addressable_shards[0].data.size < q.size  # still split
-    np.testing.assert_array_equal(np.asarray(q), np.asarray(stacked_q)[1])
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(stacked_q)[1].transpose(1, 2, 0))
     tokens = jax.random.randint(jax.random.key(2), (4, 8), 0, cfg.vocab_size)
     ref, _ = _decode(cfg, init_params(cfg, 0), tokens)
     with activate(mesh):

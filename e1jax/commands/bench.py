@@ -88,6 +88,8 @@ def format_report(result: dict) -> str:
         line = (f"decode {row['model']:<22} batch {row['batch']:>3}: e1jax {row['e1jax_tokens_per_s']:9.1f} tok/s"
                 f" | transformers {peer:9.1f} tok/s | ratio {row['ratio']:.2f}" if peer else
                 f"decode {row['model']:<22} batch {row['batch']:>3}: e1jax {row['e1jax_tokens_per_s']:9.1f} tok/s")
+        if "matmuls_only_tokens_per_s" in row:
+            line += f" | matmuls alone {row['matmuls_only_tokens_per_s']:.1f} tok/s"
         if "roofline_tokens_per_s" in row:
             line += f" | roofline {row['roofline_tokens_per_s']:.1f} tok/s ({100 * row['roofline_fraction']:.0f}%)"
         lines.append(line)

@@ -350,6 +350,10 @@ def run_evaluation(
         for d in prepared:
             pending = [i for i in range(len(d.records)) if not done[kind, d.name][i]]
             plan += [(kind, d, chunk) for chunk in _chunks(pending, width)]
+    if plan:
+        from e1jax.models.params import decode_layout
+
+        params = decode_layout(params)  # once, not per chunk
     total = len(settings.kinds) * sum(len(d.records) for d in prepared)
     compact: list[dict] = []
     full: list[dict] = []

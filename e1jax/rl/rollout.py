@@ -210,7 +210,10 @@ def run_rollout(
 ) -> Rollout:
     """Sample `settings.n` elastic responses for every record's `prompt_ids`, grade, advantage."""
     if generate_fn is None:
+        from e1jax.models.params import decode_layout
         from e1jax.sampling import generate as generate_fn
+
+        params = decode_layout(params)  # once, not per chunk
     from e1jax.sampling import SamplingParams
 
     records = list(records)
