@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import decode_layout
-from e1jax.models.qwen import constrain_cache, map_cache_rows
+from e1jax.models.qwen import constrain_cache, extend_cache, map_cache_rows
 from e1jax.sampling import loop
 from e1jax.sampling.generate import (
     GenerationOutput,
@@ -66,6 +66,7 @@ def _think_jit(params, tokens, mask, max_budget, sample_ids, seed, settings, *, 
 
 @functools.partial(jax.jit, static_argnames=("config", "prompt_width", "out_width", "eos_forces_close"))
 def _solve_jit(params, cache, think, budgets, solution_budget, sample_ids, seed, settings, *, config, prompt_width, out_width, eos_forces_close):
+    cache = extend_cache(cache, out_width + 2)  # the thinking ran on a cache without the solution's slots
     rows = think["used"].shape[0]
     k = budgets.shape[0]
     used = think["used"]
@@ -150,7 +151,7 @@ def budget_sweep(
     width = prompt_bucket(max(len(p) for p in prompts))
     think_width = generation_bucket(budgets[-1] + 1)
     solve_width = generation_bucket(solution_budget + 2 * close_len + 1)
-    cache_len = width + think_width + solve_width + 4
+    think_cache_len = width + think_width + 2
     rows = batch_bucket(count, _data_multiple(mesh))
     tokens, mask = _pad_prompts(prompts, width, rows, ids.pad_id)
     id_rows = sample_id_rows(sample_ids, count, n, rows)
@@ -160,7 +161,7 @@ def budget_sweep(
     with activate(mesh):
         cache, think = _think_jit(
             params, placed["tokens"], placed["mask"], jnp.int32(budgets[-1]), placed["ids"], jnp.uint32(seed),
-            _settings(sampling, ids, think_width + 1), config=config, n=n, cache_len=cache_len, out_width=think_width,
+            _settings(sampling, ids, think_width + 1), config=config, n=n, cache_len=think_cache_len, out_width=think_width,
         )
         solved = _solve_jit(
             params, cache, think, jnp.asarray(budgets, jnp.int32), placed["sb"], placed["ids"], jnp.uint32(seed), _settings(sampling, ids, solve_width + 1),
