@@ -38,9 +38,9 @@ def _laid_out(params) -> tuple[object, float]:
 
 
 def time_e1jax(config: ModelConfig, params, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """Throughput of `generate` on `params` (already in the decode layout)."""
     prompts = _prompts(config, batch, prompt_len)
     kwargs = dict(ids=BENCH_IDS, mode="plain", max_new_tokens=new_tokens, sampling=GREEDY)
-    params, layout_s = _laid_out(params)
     start = time.perf_counter()
     generate(config, params, prompts, **kwargs)  # compile + first run
     first = time.perf_counter() - start
@@ -48,8 +48,7 @@ def time_e1jax(config: ModelConfig, params, batch: int, prompt_len: int, new_tok
     out = generate(config, params, prompts, **kwargs)
     elapsed = time.perf_counter() - start
     generated = int(out.lengths.sum())
-    return {"tokens_per_s": generated / elapsed, "seconds": elapsed, "compile_s": max(first - elapsed, 0.0), "layout_s": layout_s,
-            "generated": generated}
+    return {"tokens_per_s": generated / elapsed, "seconds": elapsed, "compile_s": max(first - elapsed, 0.0), "generated": generated}
 
 
 def time_transformers(model_dir: Path, batch: int, prompt_len: int, new_tokens: int) -> dict | None:
@@ -113,13 +112,14 @@ def time_matmuls_only(config: ModelConfig, params, batch: int, repeats: int = 5)
 
 def decode_case(name: str, config: ModelConfig, batch_sizes: list[int], prompt_len: int, new_tokens: int, bandwidth: float | None, peer: bool, log) -> list[dict]:
     params = init_params(config, 0)
+    laid_out, layout_s = _laid_out(params)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if peer:
             save_hf(params, config, tmp)
         for batch in batch_sizes:
             log(f"decode {name} batch {batch}: e1jax ...")
-            ours = time_e1jax(config, params, batch, prompt_len, new_tokens)
+            ours = time_e1jax(config, laid_out, batch, prompt_len, new_tokens)
             theirs = None
             if peer:
                 log(f"decode {name} batch {batch}: transformers ...")
@@ -133,11 +133,11 @@ def decode_case(name: str, config: ModelConfig, batch_sizes: list[int], prompt_l
                 "new_tokens": new_tokens,
                 "e1jax_tokens_per_s": ours["tokens_per_s"],
                 "e1jax_compile_s": ours["compile_s"],
-                "e1jax_layout_s": ours["layout_s"],
+                "e1jax_layout_s": layout_s,
                 "transformers_tokens_per_s": theirs["tokens_per_s"] if theirs else None,
                 "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"] if theirs else None,
             }
-            matmuls_s = time_matmuls_only(config, params, batch)
+            matmuls_s = time_matmuls_only(config, laid_out, batch)
             if matmuls_s:
                 row["matmuls_only_tokens_per_s"] = batch / matmuls_s
             if bandwidth:

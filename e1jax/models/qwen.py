@@ -96,7 +96,7 @@ def dense(x: jax.Array, kernel: jax.Array, out_in: bool = False, preferred_eleme
     runs dots with several contracting or free dimensions an order of magnitude slower).
 
     `out_in` computes kernel @ x^T for up to OUT_IN_ROWS rows: then XLA:CPU streams (out, in)
-    weights 1.2-2x faster than it multiplies by (in, out) ones (the barriers keep XLA from folding
+    weights 1.2-1.9x faster than it multiplies by (in, out) ones (the barriers keep XLA from folding
     the transposes into the dot, which would swap its fast kernel for a slow generic one); for more
     rows (prefill) x @ kernel^T is as fast as x @ (in, out)."""
     lead = x.shape[:-1]
