@@ -91,3 +91,23 @@ def test_unstacking_sharded_params_keeps_their_sharding(mesh_spec):
     with activate(mesh):
         got, _ = _decode(cfg, unrolled, tokens)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_extend_cache_adds_empty_slots_at_the_end(unrolled):
+    from e1jax.models.qwen import extend_cache
+
+    params = init_params(CFG, 0)
+    params = unstack_layers(params) if unrolled else params
+    tokens = jax.random.randint(jax.random.key(3), (2, 5), 0, CFG.vocab_size)
+    _, cache = _decode(CFG, params, tokens)
+    longer = extend_cache(cache, 7)
+    assert int(longer["index"]) == int(cache["index"])
+    np.testing.assert_array_equal(np.asarray(longer["mask"][:, :16]), np.asarray(cache["mask"]))
+    assert longer["mask"].shape == (2, 23) and not np.asarray(longer["mask"][:, 16:]).any()
+    stack = (lambda x: np.stack([np.asarray(a) for a in x])) if unrolled else np.asarray
+    k, v, old_k, old_v = stack(longer["k"]), stack(longer["v"]), stack(cache["k"]), stack(cache["v"])
+    assert k.shape == old_k.shape[:-1] + (23,) and v.shape == old_v.shape[:-2] + (23, old_v.shape[-1])
+    np.testing.assert_array_equal(k[..., :16], old_k)
+    np.testing.assert_array_equal(v[..., :16, :], old_v)
+    assert not k[..., 16:].any() and not v[..., 16:, :].any()

@@ -192,6 +192,26 @@ def test_budget_sweep_equals_separate_runs(small_params):
         check_invariants(got)
 
 
+def test_budget_sweep_fills_its_cache_to_the_last_slot():
+    """Thinking and solution both run to the edge of their buckets (64 each; EOS never matches and
+    the close, one token of 4096, is not drawn here): the thinking pass's shorter cache, extended
+    for the solutions, must hold it all."""
+    config = SMALL.replace(vocab_size=4096)
+    params = init_params(config, 1)
+    ids = SpecialIds(think_close_ids=(3,), eos_ids=(-1,), pad_id=PAD)
+    prompts = prompts_for(config.vocab_size, 3, seed=5)
+    sweep = budget_sweep(config, params, prompts, ids=ids, think_budgets=[40, 63], solution_budget=61,
+                         sampling=SamplingParams(1.0), seed=3)
+    for budget in (40, 63):
+        alone = generate(config, params, prompts, ids=ids, think_budget=budget, solution_budget=61,
+                         sampling=SamplingParams(1.0), seed=3)
+        got = sweep[budget]
+        assert list(got.thinking_tokens) == [budget] * 3 and list(got.solution_tokens) == [61] * 3
+        for r in range(3):
+            assert got.response_ids(r) == alone.response_ids(r)
+            np.testing.assert_allclose(got.logprobs[r, : got.lengths[r]], alone.logprobs[r, : alone.lengths[r]], atol=1e-5)
+
+
 @pytest.mark.parametrize("mesh_spec,sweep", [("data=2,tensor=4", False), ("fsdp=8", True)])
 def test_sharded_equals_single_device(mesh_spec, sweep):
     if jax.device_count() < 8:
