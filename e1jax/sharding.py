@@ -2,14 +2,16 @@
 
 Logical names used across e1jax:
   batch, length, embed, vocab, heads, kv_heads, head_dim, mlp, layers, cache_length.
-A mesh axis is dropped for a dimension it does not divide (the dimension is then
-replicated along it), so any model runs on any mesh.
+A mesh axis that does not divide the dimension it is mapped to is an error naming the
+tensor, the dimension and the mesh, except for the replications listed in
+`REPLICATED_WHEN_INDIVISIBLE` (said once in the log).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 from typing import Any, Iterator, Sequence
 
@@ -33,6 +35,19 @@ LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "mlp": ("tensor",),
     "layers": (),
 }
+
+
+# Logical axes that are replicated on purpose when their mesh axes do not divide them:
+# grouped-query models have fewer kv heads than a tensor axis may have devices (Qwen2-1.5B:
+# 2 kv heads on tensor=4), and then every tensor shard keeps all kv heads.
+REPLICATED_WHEN_INDIVISIBLE = ("kv_heads",)
+
+_log = logging.getLogger("e1jax.sharding")
+_said: set[tuple] = set()
+
+
+def mesh_description(mesh: Mesh) -> str:
+    return ",".join(f"{name}={size}" for name, size in mesh.shape.items())
 
 
 def parse_mesh_spec(spec: str | dict[str, int] | None) -> dict[str, int]:
@@ -79,16 +94,23 @@ def make_mesh(spec: str | dict[str, int] | None = None, devices: Sequence[Any] |
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
-    """PartitionSpec for an array of `shape` whose dimensions carry `logical_axes`."""
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    name: str = "array") -> PartitionSpec:
+    """PartitionSpec for the array `name` of `shape` whose dimensions carry `logical_axes`.
+
+    A mesh axis already used by an earlier dimension is skipped (activations shard their
+    batch over fsdp, their embed dimension then stays whole)."""
     used: set[str] = set()
     entries = []
-    for name, dim in zip(logical_axes, shape):
+    for index, (logical, dim) in enumerate(zip(logical_axes, shape)):
         axes = []
         size = 1
-        for mesh_axis in LOGICAL_RULES.get(name, ()) if name else ():
+        for mesh_axis in LOGICAL_RULES.get(logical, ()) if logical else ():
             n = mesh.shape[mesh_axis]
-            if n == 1 or mesh_axis in used or dim % (size * n):
+            if n == 1 or mesh_axis in used:
+                continue
+            if dim % (size * n):
+                _indivisible(name, index, logical, dim, mesh, mesh_axis, size * n)
                 continue
             axes.append(mesh_axis)
             size *= n
@@ -97,17 +119,33 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
     return PartitionSpec(*entries)
 
 
-def named_sharding(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh))
+def _indivisible(name: str, index: int, logical: str, dim: int, mesh: Mesh, mesh_axis: str, ways: int) -> None:
+    where = (f"{name} dimension {index} ({logical} = {dim}) does not split {ways} ways over mesh axis "
+             f"'{mesh_axis}' (mesh {mesh_description(mesh)})")
+    if logical not in REPLICATED_WHEN_INDIVISIBLE:
+        raise E1Error(f"{where}: choose a mesh (or batch size) whose axes divide it")
+    key = (logical, dim, mesh_axis, ways)
+    if key not in _said:
+        _said.add(key)
+        _log.warning("%s: replicated along '%s' on purpose", where, mesh_axis)
+
+
+def named_sharding(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                   name: str = "array") -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, name))
+
+
+def _is_axes(x: Any) -> bool:
+    return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
 
 
 def tree_shardings(logical_tree: Any, abstract_tree: Any, mesh: Mesh) -> Any:
     """Shardings for a pytree given a matching tree of logical-axis tuples and shapes."""
-    return jax.tree.map(
-        lambda axes, x: named_sharding(axes, x.shape, mesh),
+    return jax.tree_util.tree_map_with_path(
+        lambda path, axes, x: named_sharding(axes, x.shape, mesh, jax.tree_util.keystr(path, simple=True, separator="/")),
         logical_tree,
         abstract_tree,
-        is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),
+        is_leaf=_is_axes,
     )
 
 
@@ -137,7 +175,8 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     mesh = _ACTIVE_MESH.get()
     if mesh is None or mesh.size == 1:
         return x
-    return jax.lax.with_sharding_constraint(x, named_sharding(logical_axes, x.shape, mesh))
+    name = f"activation ({', '.join(a or '-' for a in logical_axes)})"
+    return jax.lax.with_sharding_constraint(x, named_sharding(logical_axes, x.shape, mesh, name))
 
 
 def put_on_mesh(tree: Any, logical_tree: Any, mesh: Mesh) -> Any:

@@ -147,9 +147,10 @@ def test_load_onto_mesh(qwen2, loaded, spec, expected):
         assert specs[key] == axes, key
     assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated for x in jax.tree.leaves(params))
     assert_bit_equal(params, loaded[1])
+    rows = np.tile(TOKENS, (4, 1))  # 8 rows: every batch axis of the meshes divides them
     with activate(mesh):
-        logits = jax.jit(lambda p, t: forward_traced(config, p, t))(params, jnp.asarray(TOKENS))
-    np.testing.assert_allclose(np.asarray(logits), loaded[2], atol=1e-5, rtol=0)
+        logits = jax.jit(lambda p, t: forward_traced(config, p, t))(params, jnp.asarray(rows))
+    np.testing.assert_allclose(np.asarray(logits), np.tile(loaded[2], (4, 1, 1)), atol=1e-5, rtol=0)
 
 
 def forward_traced(config, params, tokens):

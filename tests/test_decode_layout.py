@@ -86,7 +86,7 @@ def test_unstacking_sharded_params_keeps_their_sharding(mesh_spec):
     assert (tuple(q.sharding.spec) + (None,) * 3)[:3] == (heads, head_dim, embed)
     assert q.addressable_shards[0].data.size < q.size  # still split
     np.testing.assert_array_equal(np.asarray(q), np.asarray(stacked_q)[1].transpose(1, 2, 0))
-    tokens = jax.random.randint(jax.random.key(2), (4, 8), 0, cfg.vocab_size)
+    tokens = jax.random.randint(jax.random.key(2), (8, 8), 0, cfg.vocab_size)  # 8 rows: every batch axis divides them
     ref, _ = _decode(cfg, init_params(cfg, 0), tokens)
     with activate(mesh):
         got, _ = _decode(cfg, unrolled, tokens)

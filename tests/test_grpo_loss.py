@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from e1jax.errors import E1Error
-from e1jax.rl.grpo import GRPOConfig, group_advantages, grpo_loss, response_loss_mask, sequence_loss_mask
+from e1jax.rl.grpo import GRPOConfig, group_advantages, grpo_loss, response_loss_mask
 
 
 # ---------------------------------------------------------------- references
@@ -145,14 +145,6 @@ def test_response_loss_mask_forced_tokens_and_padding():
         response_loss_mask(lengths, np.zeros((3, 4), bool))  # length 5 > width 4
 
 
-def test_sequence_loss_mask_aligns_with_next_token_logprobs():
-    resp = np.array([[1, 1, 0], [1, 0, 0]], bool)
-    seq = sequence_loss_mask(resp, prompt_width=4)
-    # sequence = 4 prompt + 3 response = 7 tokens -> 6 next-token predictions;
-    # prediction index t scores token t+1, so response token 0 (token 4) is at index 3.
-    np.testing.assert_array_equal(seq, [[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 0, 0]])
-
-
 # ---------------------------------------------------------------- loss
 
 
@@ -256,26 +248,25 @@ def test_num_tokens_makes_micro_batches_additive():
 
 
 def test_forced_tokens_in_and_out_of_the_loss():
-    """End to end: response lengths + forced mask -> sequence mask -> loss, both settings."""
+    """End to end: response lengths + forced mask -> loss mask (response coordinates) -> loss, both settings."""
     rng = np.random.default_rng(3)
     lengths = np.array([6, 4, 6, 2])
     forced = np.zeros((4, 6), bool)
     forced[0, 3] = forced[2, 2] = True
-    old = -rng.random((4, 3 + 6 - 1)) * 2
+    old = -rng.random((4, 6)) * 2
     logp = old + rng.normal(0, 0.4, old.shape)
     adv = np.array([1.0, -1.0, 0.5, -0.5])
     for train_forced in (False, True):
         cfg = GRPOConfig(kl_coef=0.0, entropy_coef=0.0, train_forced_tokens=train_forced)
-        resp = response_loss_mask(lengths, forced, train_forced_tokens=cfg.train_forced_tokens)
-        mask = sequence_loss_mask(resp, prompt_width=3)
+        mask = response_loss_mask(lengths, forced, train_forced_tokens=cfg.train_forced_tokens)
         assert mask.sum() == lengths.sum() - (0 if train_forced else 2)
-        assert bool(mask[0, 2 + 3]) == train_forced and bool(mask[2, 2 + 2]) == train_forced
-        assert not mask[:, :2].any()
+        assert bool(mask[0, 3]) == train_forced and bool(mask[2, 2]) == train_forced
+        assert not mask[3, 2:].any()
         loss, _, grad = run_loss(logp, old, adv, mask, cfg)
         r_loss, *_, r_grad = ref_loss(logp, old, adv, mask, cfg)
         assert loss == pytest.approx(r_loss, rel=1e-5)
         np.testing.assert_allclose(grad, r_grad, rtol=1e-4, atol=1e-7)
-        assert (grad[0, 5] != 0) == train_forced
+        assert (grad[0, 3] != 0) == train_forced
 
 
 def test_original_compat_and_validation():

@@ -116,16 +116,17 @@ def test_sequence_layout_and_loss_mask():
     p = seqs.prompt_width
     assert p == 16
     assert seqs.tokens.shape == (4, p + gen.tokens.shape[1])
-    assert seqs.loss_mask.shape == (4, seqs.tokens.shape[1] - 1)
+    assert seqs.loss_mask.shape == gen.tokens.shape  # response coordinates
     # left-padded prompt, then the response
     assert seqs.tokens[0, p - 3:p].tolist() == [3, 4, 5] and (seqs.tokens[0, :p - 3] == PAD).all()
     assert seqs.tokens[2, p - 1] == 4 and seqs.attention_mask[2, :p - 1].sum() == 0
     assert seqs.tokens[0, p:p + 5].tolist() == RESPONSES[0]
     assert seqs.attention_mask[0].sum() == 3 + 5 and seqs.attention_mask[3].sum() == 1 + 4
-    # loss_mask[t] scores token t+1: exactly the response tokens, EOS included, forced close excluded
+    # loss_mask[j] scores response token j (sequence token p + j): exactly the response tokens,
+    # EOS included, forced close excluded
     for row, response in enumerate(RESPONSES):
-        scored = np.flatnonzero(seqs.loss_mask[row]) + 1
-        expected = [p + j for j in range(len(response)) if not (row in FORCED and FORCED[row] == j)]
+        scored = np.flatnonzero(seqs.loss_mask[row])
+        expected = [j for j in range(len(response)) if not (row in FORCED and FORCED[row] == j)]
         assert scored.tolist() == expected
     with_forced = build_sequences(result, pad_id=PAD, train_forced_tokens=True)
     assert with_forced.loss_mask[2].sum() == len(RESPONSES[2])

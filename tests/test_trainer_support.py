@@ -181,7 +181,7 @@ def tiny_overrides(model_dir: Path, data_file: Path, out_dir: Path, **extra) -> 
         "rollout.temperature": 1.0,
         "batch.prompts_per_step": 4,
         "batch.mini_batch": 2,
-        "batch.micro_batch": 4,
+        "batch.micro_batch": 8,  # the mini-batch's 8 rows over 8 devices
         "optim.learning_rate": 1e-2,
         "mesh": "fsdp=-1",
         "reward.kind": "test_trainer_support:reward_fn",

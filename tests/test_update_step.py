@@ -12,7 +12,7 @@ from e1jax.models.config import ModelConfig
 from e1jax.models.params import init_params
 from e1jax.models.scoring import next_token_logprobs
 from e1jax.rl.bench_update import bench_update
-from e1jax.rl.grpo import GRPOConfig, group_advantages, response_loss_mask, sequence_loss_mask
+from e1jax.rl.grpo import GRPOConfig, group_advantages, response_loss_mask
 from e1jax.rl.update import (
     OptimConfig,
     UpdateBatch,
@@ -48,7 +48,7 @@ def _host_batch(config=TINY, seed=0):
     forced[np.arange(B), resp_lens // 2] = True
     rewards = np.array([1, 0, 0, 1, 0, 1, 1, 1], np.float32)
     adv, _ = group_advantages(rewards, GROUP)
-    mask = sequence_loss_mask(response_loss_mask(resp_lens, forced), PROMPT_W)
+    mask = response_loss_mask(resp_lens, forced)
     return tokens, attn, mask, adv
 
 
@@ -56,7 +56,7 @@ def _host_batch(config=TINY, seed=0):
 def setup():
     params = init_params(TINY, 0)
     tokens, attn, mask, adv = _host_batch()
-    old = compute_logprobs(TINY, params, tokens, attn, GRPO.temperature, micro_batch=4)
+    old = compute_logprobs(TINY, params, tokens, attn, GRPO.temperature, micro_batch=4, response_width=RESP_W)
     ref = old + 0.05 * jax.random.normal(jax.random.key(1), old.shape)  # a reference that differs a little
     batch = UpdateBatch(
         tokens=jnp.asarray(tokens), attention_mask=jnp.asarray(attn), loss_mask=jnp.asarray(mask),
@@ -98,7 +98,8 @@ def test_compute_logprobs_micro_batched_equals_direct(setup):
     direct, ent = jax.jit(next_token_logprobs, static_argnums=(0, 5))(
         TINY, params, batch.tokens, batch.attention_mask, 0.6, True
     )
-    np.testing.assert_allclose(batch.old_logp, direct, atol=2e-5)  # micro-batches of 4
+    assert direct.shape == (B, PROMPT_W + RESP_W - 1)
+    np.testing.assert_allclose(batch.old_logp, direct[:, -RESP_W:], atol=2e-5)  # micro-batches of 4, response only
     # 3 does not divide 8: rows are padded to 9 and the padding dropped
     got, got_ent = compute_logprobs(TINY, params, batch.tokens, batch.attention_mask, 0.6, 3, with_entropy=True)
     assert got.shape == (B, PROMPT_W + RESP_W - 1) and got.dtype == jnp.float32
@@ -111,7 +112,7 @@ def test_update_moves_logprobs_with_advantage_sign(setup):
     state, metrics = _step(_fresh(params), batch, micro=4, lr=1e-2)
     mask = np.asarray(batch.loss_mask, bool)
     before = np.asarray(batch.old_logp)
-    after = np.asarray(compute_logprobs(TINY, state.params, batch.tokens, batch.attention_mask, 0.6))
+    after = np.asarray(compute_logprobs(TINY, state.params, batch.tokens, batch.attention_mask, 0.6, response_width=RESP_W))
     delta = (after - before)[mask]
     adv = np.broadcast_to(np.asarray(batch.advantages)[:, None], mask.shape)[mask]
     # responses share tokens, so single rows may move against their sign; the groups may not
@@ -148,7 +149,8 @@ def _assert_same_step(state, expected):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-5 * scale, rtol=1e-4), mu, mu_expected)
 
 
-@pytest.mark.parametrize("spec,kl", [("data=2,tensor=4", True), ("fsdp=8", False)])
+# micro-batches of 4 rows: the batch axes (data x fsdp) of each mesh divide them
+@pytest.mark.parametrize("spec,kl", [("data=2,tensor=4", True), ("fsdp=4,tensor=2", False)])
 def test_sharded_step_equals_single_device(setup, spec, kl):
     params, batch = setup
     grpo = GRPO if kl else GRPOConfig(kl_coef=0.0)

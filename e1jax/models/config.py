@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from e1jax.errors import E1Error
+from e1jax.models.attention import AttentionKernel, XlaAttention
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -31,6 +32,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: Literal["none", "full", "dots"] = "none"
+    # whole-sequence attention (training, scoring, prefill): e1jax.models.attention.attention_for(platform)
+    attention: AttentionKernel = XlaAttention()
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:

@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from e1jax.errors import E1Error
+from e1jax.models.attention import attention_for
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import Params, abstract_params, param_shardings
 from e1jax.sharding import from_host, to_host
@@ -187,7 +188,10 @@ def resolve_model_dir(model: str | Path) -> Path:
 
 
 def load_config(model_dir: str | Path, **overrides: Any) -> ModelConfig:
+    """The model's config.json as a ModelConfig; whole-sequence attention is the default
+    backend's kernel unless `attention` is given."""
     model_dir = resolve_model_dir(model_dir)
+    overrides.setdefault("attention", attention_for(jax.default_backend()))
     return ModelConfig.from_json_file(model_dir / "config.json", **overrides)
 
 

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.qwen import KERNEL_INPUT_DIMS, Qwen, is_unrolled
-from e1jax.sharding import tree_shardings
+from e1jax.sharding import activate, tree_shardings
 
 Params = dict[str, Any]
 
@@ -22,7 +22,8 @@ Params = dict[str, Any]
 def _boxed_abstract(config: ModelConfig) -> Any:
     model = Qwen(config)
     tokens = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens, tokens.astype(bool)))["params"]
+    with activate(None):  # a one-token trace: its activations are placed nowhere
+        return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens, tokens.astype(bool)))["params"]
 
 
 def logical_axes(config: ModelConfig) -> Any:
@@ -48,7 +49,8 @@ def init_params(config: ModelConfig, rng: jax.Array | int = 0, mesh: Mesh | None
 
     def init(key):
         tokens = jnp.zeros((1, 1), jnp.int32)
-        return nn.unbox(model.init(key, tokens, tokens, tokens.astype(bool))["params"])
+        with activate(None):
+            return nn.unbox(model.init(key, tokens, tokens, tokens.astype(bool))["params"])
 
     if mesh is None:
         return jax.jit(init)(rng)

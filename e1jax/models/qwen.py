@@ -1,8 +1,10 @@
 """Qwen2 / Qwen2.5 / Qwen3 decoder in Flax linen, layers under nn.scan.
 
 `Qwen(config).apply({"params": params}, tokens, positions, attention_mask, cache=None)`
-serves full-sequence scoring (no cache), prefill and single-token decode (with a cache).
-Returns fp32 logits and the updated cache.
+serves full-sequence scoring and prefill (no cache: attention by `config.attention`, the
+platform's kernel) and decoding (with a cache: plain attention over the cache's slots).
+Returns fp32 logits (or, with `return_hidden`, the final hidden states) and the cache: the
+updated one when decoding, the prompt's own keys and values with `collect_cache`, else None.
 
 Cache layout: {"k": keys stored transposed, (layers, batch, kv_heads, head_dim, cache_len),
 "v": (layers, batch, kv_heads, cache_len, head_dim), "mask": (batch, cache_len) bool (slot
@@ -20,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from e1jax.models.attention import attend_parts, causal_key_mask
 from e1jax.models.config import ModelConfig
 from e1jax.sharding import constrain
 
@@ -117,6 +120,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, key_mask, cache_kv, layer, cache_index):
+        """key_mask: (B, T) real tokens without a cache (whole-sequence attention by the config's
+        kernel), (B, T, S + T) visible keys with one. Returns (output, new cache or, without a
+        cache, this call's keys and values in the cache layout)."""
         cfg = self.config
         dt = _dtype(cfg.dtype)
         e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -129,66 +135,41 @@ class Attention(nn.Module):
             k = RMSNorm(cfg, axis_name="head_dim", name="k_norm")(k)
         q = rope(q, positions, cfg.rope_theta)
         k = rope(k, positions, cfg.rope_theta)
+        wo = _kernel(self, "o_proj", (h, d), (e,), ("heads", "head_dim"), ("embed",), self.out_in)
+        if cache_kv is None:
+            out = cfg.attention(q, k, v, key_mask)
+            y = dense(out.reshape(b, t, h * d), wo.astype(dt), self.out_in)
+            return y, (k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3))
         kt = k.transpose(0, 2, 3, 1)  # (B, KV, D, T)
         v = v.transpose(0, 2, 1, 3)  # (B, KV, T, D)
 
         # Queries attend to the cache as it was before this call plus the new keys.
-        keys, values = [kt], [v]
-        if cache_kv is not None:
-            if layer is None:  # this layer's own cache (unrolled layers)
-                keys, values = [cache_kv["k"], kt], [cache_kv["v"], v]
-            else:  # the stacked cache rides in the scan carry
-                keys = [jax.lax.dynamic_index_in_dim(cache_kv["k"], layer, keepdims=False), kt]
-                values = [jax.lax.dynamic_index_in_dim(cache_kv["v"], layer, keepdims=False), v]
-        out = self._attend(q, keys, values, key_mask)
-        new_cache = None
-        if cache_kv is not None:
-            # The write must data-depend on the attention output (a zero XLA cannot fold away):
-            # then XLA orders it after the reads of the old cache and updates the cache in
-            # place; otherwise it copies the whole cache every step.
-            # One value per (batch row, kv head) keeps the dependency local to each shard.
-            first = out[:, 0, :, 0].reshape(b, kv, -1)[:, :, 0]
-            zero = (jnp.where(jnp.isfinite(first), first, 0) * 0)[:, :, None, None]
-            kt, v = kt + zero.astype(kt.dtype), v + zero.astype(v.dtype)
-            old_k, old_v = cache_kv["k"], cache_kv["v"]
-            if layer is None:
-                at_k, at_v, axes = (0, 0, 0, cache_index), (0, 0, cache_index, 0), slice(1, None)
-            else:
-                at_k, at_v, axes = (layer, 0, 0, 0, cache_index), (layer, 0, 0, cache_index, 0), slice(None)
-                kt, v = kt[None], v[None]
-            new_cache = {
-                "k": jax.lax.dynamic_update_slice(old_k, kt.astype(old_k.dtype), at_k),
-                "v": jax.lax.dynamic_update_slice(old_v, v.astype(old_v.dtype), at_v),
-            }
-            new_cache = {name: constrain(c, CACHE_LOGICAL_AXES[name][axes]) for name, c in new_cache.items()}
-        wo = _kernel(self, "o_proj", (h, d), (e,), ("heads", "head_dim"), ("embed",), self.out_in)
+        if layer is None:  # this layer's own cache (unrolled layers)
+            keys, values = [cache_kv["k"], kt], [cache_kv["v"], v]
+        else:  # the stacked cache rides in the scan carry
+            keys = [jax.lax.dynamic_index_in_dim(cache_kv["k"], layer, keepdims=False), kt]
+            values = [jax.lax.dynamic_index_in_dim(cache_kv["v"], layer, keepdims=False), v]
+        out = attend_parts(q, keys, values, key_mask, kv, dt)
+        # The write must data-depend on the attention output (a zero XLA cannot fold away):
+        # then XLA orders it after the reads of the old cache and updates the cache in
+        # place; otherwise it copies the whole cache every step.
+        # One value per (batch row, kv head) keeps the dependency local to each shard.
+        first = out[:, 0, :, 0].reshape(b, kv, -1)[:, :, 0]
+        zero = (jnp.where(jnp.isfinite(first), first, 0) * 0)[:, :, None, None]
+        kt, v = kt + zero.astype(kt.dtype), v + zero.astype(v.dtype)
+        old_k, old_v = cache_kv["k"], cache_kv["v"]
+        if layer is None:
+            at_k, at_v, axes = (0, 0, 0, cache_index), (0, 0, cache_index, 0), slice(1, None)
+        else:
+            at_k, at_v, axes = (layer, 0, 0, 0, cache_index), (layer, 0, 0, cache_index, 0), slice(None)
+            kt, v = kt[None], v[None]
+        new_cache = {
+            "k": jax.lax.dynamic_update_slice(old_k, kt.astype(old_k.dtype), at_k),
+            "v": jax.lax.dynamic_update_slice(old_v, v.astype(old_v.dtype), at_v),
+        }
+        new_cache = {name: constrain(c, CACHE_LOGICAL_AXES[name][axes]) for name, c in new_cache.items()}
         y = dense(out.reshape(b, t, h * d), wo.astype(dt), self.out_in)
         return y, new_cache
-
-    def _attend(self, q, keys, values, key_mask):
-        """Softmax attention of q (B, T, H, D) over the concatenated key parts (B, KV, D, S_i)
-        and value parts (B, KV, S_i, D); key_mask (B, T, sum S_i)."""
-        cfg = self.config
-        dt = _dtype(cfg.dtype)
-        b, t, h, d = q.shape
-        kv = cfg.num_kv_heads
-        groups = h // kv
-        # One batch dimension (B*KV) and one contracting dimension per matmul.
-        qh = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, groups * t, d)
-        scores = jnp.concatenate(
-            [jnp.einsum("nqd,nds->nqs", qh, part.astype(dt).reshape(b * kv, d, -1), preferred_element_type=jnp.float32) for part in keys], axis=-1
-        ) * (d**-0.5)
-        s = scores.shape[-1]
-        scores = scores.reshape(b, kv, groups, t, s)
-        scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * kv, groups * t, s)
-        out, offset = 0, 0
-        for part in values:
-            width = part.shape[2]
-            out = out + jnp.einsum("nqs,nsd->nqd", probs[:, :, offset : offset + width], part.astype(dt).reshape(b * kv, width, d))
-            offset += width
-        out = out.reshape(b, kv, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
-        return constrain(out, ("batch", "length", "heads", "head_dim"))
 
     def _project(self, x, name, heads, head_axis):
         cfg = self.config
@@ -223,6 +204,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     config: ModelConfig
     out_in: bool = False  # kernels stored (out, in)
+    collect_kv: bool = False  # without a cache: output this layer's keys and values
 
     @nn.compact
     def __call__(self, carry, positions, key_mask, cache_index):
@@ -230,12 +212,14 @@ class DecoderLayer(nn.Module):
         # layer: index into a stacked cache, or None when cache_kv is this layer's own
         x, cache_kv, layer = carry
         h = RMSNorm(cfg, name="input_layernorm")(x)
-        attn, cache_kv = Attention(cfg, self.out_in, name="self_attn")(h, positions, key_mask, cache_kv, layer, cache_index)
+        attn, kv_out = Attention(cfg, self.out_in, name="self_attn")(h, positions, key_mask, cache_kv, layer, cache_index)
         x = x + attn
         h = RMSNorm(cfg, name="post_attention_layernorm")(x)
         x = x + MLP(cfg, self.out_in, name="mlp")(h)
         x = constrain(x, ("batch", "length", "embed"))
-        return (x, cache_kv, None if layer is None else layer + 1), None
+        if cache_kv is None:
+            return (x, None, None if layer is None else layer + 1), (kv_out if self.collect_kv else None)
+        return (x, kv_out, None if layer is None else layer + 1), None
 
 
 def _remat_policy(name: str):
@@ -260,6 +244,7 @@ class Qwen(nn.Module):
         attention_mask: jax.Array,
         cache: Cache | None = None,
         return_hidden: bool = False,
+        collect_cache: bool = False,
     ):
         cfg = self.config
         dt = _dtype(cfg.dtype)
@@ -269,29 +254,31 @@ class Qwen(nn.Module):
         attention_mask = attention_mask.astype(bool)
         t = tokens.shape[1]
 
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        new_keys = attention_mask[:, None, :] & causal[None]  # (B, T, T)
         if cache is None:
             cache_index = jnp.int32(0)
-            key_mask = new_keys
+            key_mask = attention_mask
             layer_caches = None
         else:
             # Every filled slot precedes the new tokens; keys = cache slots ++ new tokens.
             cache_index = cache["index"]
-            key_mask = jnp.concatenate([jnp.broadcast_to(cache["mask"][:, None, :], (tokens.shape[0], t, cache["mask"].shape[1])), new_keys], axis=-1)
+            key_mask = jnp.concatenate([jnp.broadcast_to(cache["mask"][:, None, :], (tokens.shape[0], t, cache["mask"].shape[1])), causal_key_mask(attention_mask)], axis=-1)
             key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
             layer_caches = {"k": cache["k"], "v": cache["v"]}
+        collect = collect_cache and cache is None
 
         layer_cls = DecoderLayer
         if cfg.remat != "none":
             layer_cls = nn.remat(DecoderLayer, policy=_remat_policy(cfg.remat), prevent_cse=False)
         if self.unrolled:
-            new_per_layer = []
+            new_per_layer, collected = [], []
             for i in range(cfg.num_layers):
                 own = None if layer_caches is None else {"k": layer_caches["k"][i], "v": layer_caches["v"][i]}
-                (x, own, _), _ = layer_cls(cfg, True, name=f"layer_{i}")((x, own, None), positions, key_mask, cache_index)
+                (x, own, _), kv_out = layer_cls(cfg, True, collect, name=f"layer_{i}")((x, own, None), positions, key_mask, cache_index)
                 new_per_layer.append(own)
+                collected.append(kv_out)
             new_layer_caches = None if layer_caches is None else {name: [c[name] for c in new_per_layer] for name in ("k", "v")}
+            if collect:
+                new_layer_caches = {"k": [kv[0] for kv in collected], "v": [kv[1] for kv in collected]}
         else:
             carry = (x, layer_caches, jnp.int32(0))
             stack = nn.scan(
@@ -301,21 +288,24 @@ class Qwen(nn.Module):
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, name="layers")
-            (x, new_layer_caches, _), _ = stack(carry, positions, key_mask, cache_index)
+            )(cfg, collect_kv=collect, name="layers")
+            (x, new_layer_caches, _), collected = stack(carry, positions, key_mask, cache_index)
+            if collect:
+                new_layer_caches = {"k": collected[0], "v": collected[1]}
         x = RMSNorm(cfg, name="norm")(x)
-        if return_hidden:
-            return x
-        logits = self.logits(x, embedding)
+        out = x if return_hidden else self.logits(x, embedding)
+        if collect:
+            new_cache = {"k": new_layer_caches["k"], "v": new_layer_caches["v"], "mask": attention_mask, "index": jnp.int32(t)}
+            return out, constrain_cache(new_cache)
         if cache is None:
-            return logits, None
+            return out, None
         new_cache = {
             "k": new_layer_caches["k"],
             "v": new_layer_caches["v"],
             "mask": key_valid,
             "index": cache_index + t,
         }
-        return logits, new_cache
+        return out, new_cache
 
     def logits(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
         cfg = self.config
@@ -326,6 +316,13 @@ class Qwen(nn.Module):
             head = _kernel(self, "lm_head", (cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",), out_in)
         logits = dense(x, head.astype(x.dtype), out_in, preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
+
+
+def head_kernel(config: ModelConfig, params: Any) -> jax.Array:
+    """The output head of stacked params as an (embed, vocab) matrix."""
+    if config.tie_word_embeddings:
+        return params["embed_tokens"].T
+    return params["lm_head"]
 
 
 def is_unrolled(params: Any) -> bool:

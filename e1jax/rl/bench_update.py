@@ -37,9 +37,8 @@ def _synthetic_batch(config: ModelConfig, batch_size: int, seq_len: int, prompt_
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, config.vocab_size, (batch_size, seq_len), dtype=np.int32)
     attention = np.ones((batch_size, seq_len), bool)
-    loss_mask = np.zeros((batch_size, seq_len - 1), bool)
-    loss_mask[:, prompt_len - 1 :] = True
-    old = (-rng.random((batch_size, seq_len - 1)) * 5).astype(np.float32)
+    loss_mask = np.ones((batch_size, seq_len - prompt_len), bool)
+    old = (-rng.random(loss_mask.shape) * 5).astype(np.float32)
     ref = (old + rng.normal(0, 0.1, old.shape)).astype(np.float32) if with_ref else None
     adv = rng.normal(size=batch_size).astype(np.float32)
     return UpdateBatch(tokens, attention, loss_mask, adv, old, ref)

@@ -136,7 +136,8 @@ class CheckpointStore:
 
 def model_meta(model_config: Any, base_model: str | Path) -> dict[str, Any]:
     """The part of `meta` that lets `convert` rebuild the model without the training config."""
-    return {"model_config": dataclasses.asdict(model_config), "base_model": str(base_model)}
+    fields = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config) if f.name != "attention"}
+    return {"model_config": fields, "base_model": str(base_model)}
 
 
 def model_config_from_meta(meta: dict[str, Any]):

@@ -49,6 +49,9 @@ class RolloutSection:
     top_k: int = 0
     eos_in_thinking: Literal["stop", "append_close"] = "stop"
     chunk_prompts: int = 0  # generate this many prompts (x n samples) per sampler call; 0: all at once
+    # ways the decode copy of the weights is split over a tensor axis; 0: replicated when a
+    # replica takes at most a quarter of a chip's memory, else the fewest ways that do
+    tensor_parallel: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +171,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _require(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
     _require(r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}")
     _require(r.chunk_prompts >= 0, f"rollout.chunk_prompts must be >= 0, got {r.chunk_prompts}")
+    _require(r.tensor_parallel >= 0, f"rollout.tensor_parallel must be >= 0, got {r.tensor_parallel}")
     _require(cfg.data.max_prompt_len > 0, f"data.max_prompt_len must be positive, got {cfg.data.max_prompt_len}")
     _require(cfg.run.steps > 0, f"run.steps must be positive, got {cfg.run.steps}")
     _require(cfg.run.log_every > 0, f"run.log_every must be positive, got {cfg.run.log_every}")

@@ -118,21 +118,6 @@ def response_loss_mask(
     return mask
 
 
-def sequence_loss_mask(response_mask: np.ndarray, prompt_width: int) -> np.ndarray:
-    """Place a (N, L) response mask onto sequences laid out as [prompt (width P) | response (L)].
-
-    Returns (N, P + L - 1), aligned with `next_token_logprobs` outputs: entry t scores
-    token t + 1, so response token j sits at index P - 1 + j.
-    """
-    response_mask = np.asarray(response_mask, dtype=bool)
-    if prompt_width < 1:
-        raise E1Error("sequences need at least one prompt token before the response")
-    n, length = response_mask.shape
-    out = np.zeros((n, prompt_width + length - 1), dtype=bool)
-    out[:, prompt_width - 1 :] = response_mask
-    return out
-
-
 def _masked_sum(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, x, 0.0))
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from e1jax.errors import E1Error
 from e1jax.rewards.types import GradeResult
-from e1jax.rl.grpo import group_advantages, response_loss_mask, sequence_loss_mask
+from e1jax.rl.grpo import group_advantages, response_loss_mask
 
 Record = dict[str, Any]
 # reward_fn(responses, records) -> one GradeResult per response
@@ -251,13 +251,14 @@ def run_rollout(
 
 @dataclasses.dataclass
 class SequenceBatch:
-    """Training sequences [left-padded prompt | response, right-padded] (host arrays)."""
+    """Training sequences [left-padded prompt (P) | response, right-padded (L)] (host arrays);
+    the loss mask and the sampler's log-probs in response coordinates (entry j: token P + j)."""
 
-    tokens: np.ndarray  # (N, T) int32
-    attention_mask: np.ndarray  # (N, T) bool
-    loss_mask: np.ndarray  # (N, T-1) bool, aligned with next_token_logprobs
+    tokens: np.ndarray  # (N, P + L) int32
+    attention_mask: np.ndarray  # (N, P + L) bool
+    loss_mask: np.ndarray  # (N, L) bool
     advantages: np.ndarray  # (N,) f32
-    sampler_logp: np.ndarray  # (N, T-1) f32, the sampler's log-probs where loss_mask (diagnostics)
+    sampler_logp: np.ndarray  # (N, L) f32, the sampler's log-probs where loss_mask (diagnostics)
     prompt_width: int
 
     def __len__(self) -> int:
@@ -289,11 +290,9 @@ def build_sequences(rollout: Rollout, *, pad_id: int, train_forced_tokens: bool 
     real = np.arange(width)[None, :] < lengths[:, None]
     attention[:, p_width:] = real
     tokens[:, p_width:][~real] = pad_id
-    response_mask = response_loss_mask(lengths, np.asarray(gen.forced, bool),
-                                       train_forced_tokens=train_forced_tokens, width=width)
-    loss_mask = sequence_loss_mask(response_mask, p_width)
-    sampler_logp = np.zeros(loss_mask.shape, np.float32)
-    sampler_logp[:, p_width - 1:] = np.where(response_mask, gen.logprobs, 0.0)
+    loss_mask = response_loss_mask(lengths, np.asarray(gen.forced, bool),
+                                   train_forced_tokens=train_forced_tokens, width=width)
+    sampler_logp = np.where(loss_mask, gen.logprobs, 0.0).astype(np.float32)
     return SequenceBatch(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
                          advantages=np.asarray(rollout.advantages, np.float32),
                          sampler_logp=sampler_logp, prompt_width=p_width)

@@ -214,15 +214,6 @@ def _copy_tree(tree):
     return _helpers()[2](tree)
 
 
-@functools.lru_cache(maxsize=4)
-def _optimizer_and_update(model_config, grpo_cfg, optim_cfg, micro_batch, mesh):
-    """Cached per configuration, so repeated train() calls in one process compile once."""
-    from e1jax.rl.update import make_optimizer, make_update_fn
-
-    optimizer = make_optimizer(optim_cfg)
-    return optimizer, make_update_fn(model_config, grpo_cfg, optimizer, micro_batch=micro_batch, mesh=mesh)
-
-
 @dataclasses.dataclass
 class _Run:
     """Everything a step needs that does not change from step to step."""
@@ -237,8 +228,7 @@ class _Run:
     reward_fn: RewardFn
     iterator: Any
     validation_sets: dict[str, list[dict]]
-    optimizer: Any
-    update: Callable
+    programs: Any  # e1jax.rl.programs.StepPrograms
     generate_fn: GenerateFn | None
 
     @property
@@ -250,6 +240,7 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     from e1jax.data.pipeline import make_train_iterator
     from e1jax.models.hf import load_config as load_model_config
     from e1jax.models.hf import resolve_model_dir
+    from e1jax.rl.programs import step_programs
     from e1jax.sharding import make_mesh
     from e1jax.tokenizer import Tokenizer
 
@@ -274,12 +265,12 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     iterator = make_train_iterator(load_records(cfg.data.train_files), tokenize,
                                    batch_size=cfg.batch.prompts_per_step, max_prompt_len=cfg.data.max_prompt_len,
                                    seed=cfg.data.seed, shard_index=0, shard_count=1)
-    optimizer, update = _optimizer_and_update(model_config, cfg.grpo, cfg.optim, cfg.batch.micro_batch or None, mesh)
+    programs = step_programs(cfg, model_config, mesh)
     return _Run(cfg=cfg, mesh=mesh, model_dir=model_dir, model_config=model_config, tokenizer=tokenizer,
                 ids=special_ids(tokenizer), decode=decoder(tokenizer),
                 reward_fn=reward_fn,
                 iterator=iterator, validation_sets=load_validation_sets(cfg, tokenizer),
-                optimizer=optimizer, update=update, generate_fn=generate_fn)
+                programs=programs, generate_fn=generate_fn)
 
 
 def _initial_state(run: _Run, store: Any) -> tuple[Any, Any, int]:
@@ -300,8 +291,8 @@ def _initial_state(run: _Run, store: Any) -> tuple[Any, Any, int]:
     if resume_step is None:
         params = load_params(run.model_dir, run.model_config, run.mesh)
         ref_params = _copy_tree(params) if use_kl else None  # the update donates `params`
-        return init_train_state(params, run.optimizer), ref_params, 0
-    params, opt_state, step_sharding = _abstract_state(run.model_config, run.optimizer, run.mesh)
+        return init_train_state(params, run.programs.optimizer), ref_params, 0
+    params, opt_state, step_sharding = _abstract_state(run.model_config, run.programs.optimizer, run.mesh)
     restored = store.restore(resume_step, params=params, opt_state={
         "opt_state": opt_state, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=step_sharding)})
     meta = restored["meta"]
@@ -322,23 +313,29 @@ def _train_step(run: _Run, state: Any, ref_params: Any, step: int) -> tuple[Any,
     from e1jax.rl.update import UpdateBatch, compute_logprobs, shard_batch
     from e1jax.sharding import named_sharding
 
-    cfg, mesh, settings = run.cfg, run.mesh, run.settings
+    cfg, mesh, settings, programs = run.cfg, run.mesh, run.settings, run.programs
     t_step = time.perf_counter()
-    rollout = run_rollout(run.model_config, state.params, next(run.iterator), settings=settings, ids=run.ids,
-                          decode=run.decode, reward_fn=run.reward_fn, seed=step_seed(cfg.run.seed, step), mesh=mesh,
-                          max_prompt_len=cfg.data.max_prompt_len, adv_eps=cfg.grpo.adv_eps,
+    inference = programs.inference
+    sampler_params = inference(state.params)  # the decode copy, made once per step
+    rollout = run_rollout(inference.config, sampler_params, next(run.iterator), settings=settings, ids=run.ids,
+                          decode=run.decode, reward_fn=run.reward_fn, seed=step_seed(cfg.run.seed, step),
+                          mesh=inference.mesh, max_prompt_len=cfg.data.max_prompt_len, adv_eps=cfg.grpo.adv_eps,
                           generate_fn=run.generate_fn)
+    del sampler_params  # its memory is the update's
     seqs = build_sequences(rollout, pad_id=run.ids.pad_id, train_forced_tokens=cfg.grpo.train_forced_tokens)
 
     def put(x):
         return jax.device_put(x, named_sharding(("batch", "length"), x.shape, mesh))
 
     t_logp = time.perf_counter()
-    micro = cfg.batch.micro_batch or cfg.batch.mini_batch * settings.n
+    micro = programs.micro_batch
     tokens, mask = put(seqs.tokens), put(seqs.attention_mask)
     temperature = cfg.grpo.temperature
-    old_logp = compute_logprobs(run.model_config, state.params, tokens, mask, temperature, micro, mesh=mesh)
-    ref_logp = (compute_logprobs(run.model_config, ref_params, tokens, mask, temperature, micro, mesh=mesh)
+    width = seqs.loss_mask.shape[1]
+    old_logp = compute_logprobs(run.model_config, state.params, tokens, mask, temperature, micro, mesh=mesh,
+                                response_width=width)
+    ref_logp = (compute_logprobs(run.model_config, ref_params, tokens, mask, temperature, micro, mesh=mesh,
+                                 response_width=width)
                 if ref_params is not None else None)
     logp_diff = _masked_abs_diff(old_logp, put(seqs.sampler_logp), put(seqs.loss_mask))
     jax.block_until_ready((old_logp, ref_logp))
@@ -352,7 +349,7 @@ def _train_step(run: _Run, state: Any, ref_params: Any, step: int) -> tuple[Any,
     for part, old_part, ref_part in zip(parts, old_parts, ref_parts):
         batch = UpdateBatch(tokens=part.tokens, attention_mask=part.attention_mask, loss_mask=part.loss_mask,
                             advantages=part.advantages, old_logp=old_part, ref_logp=ref_part)
-        state, metrics = run.update(state, shard_batch(batch, mesh))
+        state, metrics = programs.update(state, shard_batch(batch, mesh))
         update_metrics.append(metrics)
     update_metrics = jax.device_get(update_metrics)
     update_s = time.perf_counter() - t_update
@@ -385,12 +382,13 @@ def _validate(run: _Run, params: Any, step: int) -> dict[str, float]:
 
     cfg = run.cfg
     v = cfg.run.validation
+    inference = run.programs.inference
     results = evaluate(
-        run.model_config, params, run.tokenizer, run.validation_sets, think_budgets=v.think_budgets,
+        inference.config, inference(params), run.tokenizer, run.validation_sets, think_budgets=v.think_budgets,
         solution_budget=v.solution_budget, n=v.n, sampling=SamplingParams(v.temperature, v.top_p),
         seed=step_seed(cfg.run.seed, step, VALIDATION_STREAM),
         batch_size=v.batch_size or cfg.rollout.chunk_prompts or max(map(len, run.validation_sets.values())),
-        mesh=run.mesh, chat_template=cfg.data.chat_template, max_prompt_len=cfg.data.max_prompt_len,
+        mesh=inference.mesh, chat_template=cfg.data.chat_template, max_prompt_len=cfg.data.max_prompt_len,
         progress=False, grade_workers=cfg.reward.workers or None,
         reward_fn=run.reward_fn if v.grader == "reward" else None)
     return validation_metrics(results)

@@ -118,12 +118,20 @@ class TrainState:
 
 @flax.struct.dataclass
 class UpdateBatch:
-    tokens: jax.Array  # (B, T) int32: [left-padded prompt | response padded]
-    attention_mask: jax.Array  # (B, T) bool
-    loss_mask: jax.Array  # (B, T-1) bool/float, aligned with next_token_logprobs outputs
+    """Sequences [left-padded prompt (P) | right-padded response (L)] and, in response
+    coordinates (entry j scores token P + j), the loss mask and the behaviour / reference
+    log-probs. Only the L response positions go through the head."""
+
+    tokens: jax.Array  # (B, P + L) int32
+    attention_mask: jax.Array  # (B, P + L) bool
+    loss_mask: jax.Array  # (B, L) bool/float
     advantages: jax.Array  # (B,) f32
-    old_logp: jax.Array  # (B, T-1) f32
-    ref_logp: jax.Array | None = None  # (B, T-1) f32; None without KL
+    old_logp: jax.Array  # (B, L) f32
+    ref_logp: jax.Array | None = None  # (B, L) f32; None without KL
+
+    @property
+    def response_width(self) -> int:
+        return self.loss_mask.shape[1]
 
 
 BATCH_LOGICAL_AXES = UpdateBatch(
@@ -196,13 +204,14 @@ def shard_batch(batch: UpdateBatch, mesh: Mesh | None) -> UpdateBatch:
     if mesh is None:
         return jax.tree.map(jnp.asarray, batch)
 
-    def put(axes, x):
+    def put(name, axes, x):
         if x is None:
             return None
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        return jax.device_put(x, named_sharding(axes, x.shape, mesh))
+        return jax.device_put(x, named_sharding(axes, x.shape, mesh, f"update batch {name}"))
 
-    return _map_axes(put, batch)
+    return UpdateBatch(**{f.name: put(f.name, getattr(BATCH_LOGICAL_AXES, f.name), getattr(batch, f.name))
+                          for f in dataclasses.fields(UpdateBatch)})
 
 
 def _map_axes(fn: Callable, batch: UpdateBatch) -> UpdateBatch:
@@ -233,14 +242,19 @@ def _num_micro(batch_size: int, micro_batch: int | None) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _logprobs_fn(config: ModelConfig, num_micro: int, mesh: Mesh | None, with_entropy: bool) -> Callable:
+def logprobs_fn(config: ModelConfig, num_micro: int, mesh: Mesh | None, with_entropy: bool,
+                response_width: int | None) -> Callable:
+    """The jitted log-prob pass fn(params, tokens, attention_mask, temperature) -> (B, width):
+    `num_micro` strided micro-batches in a scan, each scored over its last `response_width`
+    positions (all when None)."""
     def fn(params, tokens, attention_mask, temperature):
         with activate(mesh):
             def body(_, xs):
                 t, m = xs
                 t = constrain(t, ("batch", "length"))
                 m = constrain(m, ("batch", "length"))
-                out = next_token_logprobs(config, params, t, m, temperature, with_entropy=with_entropy)
+                out = next_token_logprobs(config, params, t, m, temperature, with_entropy=with_entropy,
+                                          response_width=response_width)
                 return None, out
 
             _, out = jax.lax.scan(body, None, (_split(tokens, num_micro), _split(attention_mask, num_micro)))
@@ -259,22 +273,32 @@ def compute_logprobs(
     *,
     mesh: Mesh | None = None,
     with_entropy: bool = False,
+    response_width: int | None = None,
 ):
-    """(B, T-1) fp32 log-probs of tokens[:, 1:] under logits / temperature (and the
-    entropies when `with_entropy`), computed `micro_batch` rows at a time in one jit.
-    Used for old_logp (current params) and ref_logp (frozen initial params). Rows are
-    padded up to a multiple of `micro_batch` and the padding dropped from the result."""
+    """(B, W) fp32 log-probs of the last W = `response_width` tokens (default: tokens[:, 1:])
+    under logits / temperature (and the entropies when `with_entropy`), computed
+    `micro_batch` rows at a time in one jit. Used for old_logp (current params) and
+    ref_logp (frozen initial params). Rows are padded up to a multiple of `micro_batch`
+    and the padding dropped from the result."""
     tokens = jnp.asarray(tokens, jnp.int32)
     attention_mask = jnp.asarray(attention_mask, bool)
     b = tokens.shape[0]
-    mb = b if micro_batch is None else max(1, min(micro_batch, b))
-    pad = (-b) % mb
+    fn, rows = logprobs_program(model_config, b, micro_batch, mesh, with_entropy, response_width)
+    pad = rows - b
     if pad:
         tokens = jnp.pad(tokens, ((0, pad), (0, 0)))
         attention_mask = jnp.pad(attention_mask, ((0, pad), (0, 0)))
-    fn = _logprobs_fn(model_config, (b + pad) // mb, mesh, with_entropy)
     out = fn(params, tokens, attention_mask, jnp.float32(temperature))
     return jax.tree.map(lambda x: x[:b], out) if pad else out
+
+
+def logprobs_program(model_config: ModelConfig, rows: int, micro_batch: int | None, mesh: Mesh | None,
+                     with_entropy: bool = False, response_width: int | None = None) -> tuple[Callable, int]:
+    """(the jitted log-prob pass for `rows` sequences, the rows it runs: `rows` padded to a
+    multiple of the micro-batch)."""
+    mb = rows if micro_batch is None else max(1, min(micro_batch, rows))
+    padded = rows + (-rows) % mb
+    return logprobs_fn(model_config, padded // mb, mesh, with_entropy, response_width), padded
 
 
 def _combine(name: str, acc: jax.Array, new: jax.Array) -> jax.Array:
@@ -314,7 +338,8 @@ def make_update_fn(
     def loss_fn(params, mb: UpdateBatch, num_tokens):
         mb = _map_axes(lambda axes, x: None if x is None else constrain(x, axes), mb)
         logp, entropy = next_token_logprobs(
-            model_config, params, mb.tokens, mb.attention_mask, grpo_cfg.temperature, with_entropy=True
+            model_config, params, mb.tokens, mb.attention_mask, grpo_cfg.temperature, with_entropy=True,
+            response_width=mb.response_width,
         )
         if not grpo_cfg.entropy_coef:
             entropy = jax.lax.stop_gradient(entropy)

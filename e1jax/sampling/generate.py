@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import decode_layout
-from e1jax.models.qwen import constrain_cache, init_cache, is_unrolled, map_cache_rows, model_for
+from e1jax.models.qwen import constrain_cache, extend_cache, map_cache_rows, model_for
 from e1jax.sampling import loop
 from e1jax.sampling.ops import SamplingParams
 from e1jax.sharding import activate, from_host, named_sharding, to_host
@@ -122,11 +122,12 @@ def _settings(sampling: SamplingParams, ids: SpecialIds, max_steps: int) -> loop
 
 
 def _prefill(config: ModelConfig, params, tokens, mask, n: int, cache_len: int):
-    """Prefill all but the last prompt token once per prompt, then repeat the cache n times."""
-    rows = tokens.shape[0]
-    cache = constrain_cache(init_cache(config, rows, cache_len, unrolled=is_unrolled(params)))
+    """Prefill all but the last prompt token once per prompt (whole-sequence attention, no head),
+    give the cache its remaining empty slots, then repeat it n times."""
     positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-    _, cache = model_for(config, params).apply({"params": params}, tokens[:, :-1], positions[:, :-1], mask[:, :-1], cache)
+    _, cache = model_for(config, params).apply({"params": params}, tokens[:, :-1], positions[:, :-1], mask[:, :-1],
+                                               return_hidden=True, collect_cache=True)
+    cache = extend_cache(cache, cache_len - (tokens.shape[1] - 1))
     if n > 1:
         cache = map_cache_rows(lambda x: jnp.repeat(x, n, axis=0), cache)
     cache = constrain_cache(cache)
@@ -205,6 +206,62 @@ def _split_counts(tokens: np.ndarray, forced: np.ndarray, lengths: np.ndarray, n
     return thinking, solution
 
 
+def decode_steps(think_budget: np.ndarray, solution_budget: np.ndarray, ids: SpecialIds, plain: bool,
+                 eos_in_thinking: str) -> int:
+    """The most tokens a sample may write: t + close + s (plus the close after an EOS in thinking)."""
+    if plain:
+        return int(np.max(solution_budget))
+    close_len = len(ids.think_close_ids)
+    return int(np.max(think_budget + solution_budget)) + close_len + (close_len if eos_in_thinking == "append_close" else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeShapes:
+    """The shapes of one `_generate_jit` call: `rows` prompt rows (a bucket, padded with filler
+    rows), prompts left-padded to `width`, `n` samples each, `out_width` response columns."""
+
+    rows: int
+    width: int
+    n: int
+    out_width: int
+    plain: bool = False
+    eos_forces_close: bool = False
+
+    @classmethod
+    def of(cls, count: int, longest_prompt: int, *, n: int, steps: int, mesh: Mesh | None, plain: bool = False,
+           eos_in_thinking: str = "stop") -> "DecodeShapes":
+        return cls(rows=batch_bucket(count, _data_multiple(mesh)), width=prompt_bucket(longest_prompt), n=n,
+                   out_width=generation_bucket(steps), plain=plain, eos_forces_close=eos_in_thinking == "append_close")
+
+    @property
+    def cache_len(self) -> int:
+        return self.width + self.out_width + 2
+
+    @property
+    def max_steps(self) -> int:
+        return self.out_width + 1
+
+    def statics(self, config: ModelConfig) -> dict[str, Any]:
+        return dict(config=config, n=self.n, cache_len=self.cache_len, out_width=self.out_width, plain=self.plain,
+                    eos_forces_close=self.eos_forces_close)
+
+
+def abstract_generate_args(shapes: DecodeShapes, params: Any, ids: SpecialIds, mesh: Mesh | None) -> tuple:
+    """ShapeDtypeStructs (with the placements `generate` gives them) of `_generate_jit`'s
+    arguments for `shapes`, after `params` (abstract, already placed)."""
+    def arg(shape, dtype, sharded=True):
+        sharding = None
+        if mesh is not None:
+            axes = (("batch",) + (None,) * (len(shape) - 1)) if sharded else (None,) * len(shape)
+            sharding = named_sharding(axes, shape, mesh)
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    rows, samples = shapes.rows, shapes.rows * shapes.n
+    settings = jax.tree.map(lambda x: arg(x.shape, x.dtype, sharded=False), _settings(SamplingParams(), ids, shapes.max_steps))
+    return (params, arg((rows, shapes.width), jnp.int32), arg((rows, shapes.width), jnp.bool_), arg((samples,), jnp.int32),
+            arg((samples,), jnp.int32), arg((samples,), jnp.uint32), arg((), jnp.uint32, sharded=False), settings)
+
+
 def _validate(prompts, think_budget, solution_budget, config, ids, max_prompt_len):
     if not prompts:
         raise E1Error("no prompts given")
@@ -273,12 +330,10 @@ def generate(
         sb = _per_prompt(solution_budget, count, "solution budget")
     _validate(prompts, tb if not plain else np.zeros(count, np.int64), sb, config, ids, max_prompt_len)
 
-    close_len = len(ids.think_close_ids)
-    steps = int(np.max(sb)) if plain else int(np.max(tb + sb)) + close_len + (close_len if eos_in_thinking == "append_close" else 0)
-    out_width = generation_bucket(steps)
-    width = prompt_bucket(max(len(p) for p in prompts))
-    rows = batch_bucket(count, _data_multiple(mesh))
-    tokens, mask = _pad_prompts(prompts, width, rows, ids.pad_id)
+    shapes = DecodeShapes.of(count, max(len(p) for p in prompts), n=n, steps=decode_steps(tb, sb, ids, plain, eos_in_thinking),
+                             mesh=mesh, plain=plain, eos_in_thinking=eos_in_thinking)
+    rows = shapes.rows
+    tokens, mask = _pad_prompts(prompts, shapes.width, rows, ids.pad_id)
     pad_rows = rows - count
     tb_rows = np.concatenate([tb, np.full(pad_rows, tb[0])]).repeat(n).astype(np.int32)
     sb_rows = np.concatenate([sb, np.full(pad_rows, sb[0])]).repeat(n).astype(np.int32)
@@ -287,12 +342,10 @@ def generate(
     placed = _place(mesh, {"tokens": tokens, "mask": mask})
     params = decode_layout(params)
     placed_rows = _place(mesh, {"tb": tb_rows, "sb": sb_rows, "ids": id_rows})
-    settings = _settings(sampling, ids, out_width + 1)
     with activate(mesh):
         out = _generate_jit(
-            params, placed["tokens"], placed["mask"], placed_rows["tb"], placed_rows["sb"], placed_rows["ids"], jnp.uint32(seed), settings,
-            config=config, n=n, cache_len=width + out_width + 2, out_width=out_width, plain=plain,
-            eos_forces_close=eos_in_thinking == "append_close",
+            params, placed["tokens"], placed["mask"], placed_rows["tb"], placed_rows["sb"], placed_rows["ids"], jnp.uint32(seed),
+            _settings(sampling, ids, shapes.max_steps), **shapes.statics(config),
         )
     out = jax.tree.map(lambda x: to_host(x)[: count * n], out)
     return _assemble(out, count, n, ids, plain, tb, sb)

@@ -148,12 +148,17 @@ def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSet
     new_phase = jnp.where(budget_done, DONE, new_phase)
     finish = jnp.where(budget_done, SOLUTION_BUDGET, finish)
 
-    col = state.out_len
-    rows = jnp.arange(token.shape[0])
-    write_col = jnp.where(active, col, state.tokens.shape[1] - 1)
-    tokens_out = state.tokens.at[rows, write_col].set(jnp.where(active, token, state.tokens[rows, write_col]))
-    logp_out = state.logprobs.at[rows, write_col].set(jnp.where(active, logp, state.logprobs[rows, write_col]))
-    forced_out = state.forced.at[rows, write_col].set(jnp.where(active, is_forced, state.forced[rows, write_col]))
+    # Every active row has written exactly `step` tokens (rows only ever stop), so this step's
+    # tokens go to column `step` of every row: a local column write wherever the rows live.
+    written = active & (state.step < state.tokens.shape[1])
+
+    def write(buffer, value):
+        old = jax.lax.dynamic_index_in_dim(buffer, state.step, axis=1, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(buffer, jnp.where(written, value, old), state.step, axis=1)
+
+    tokens_out = write(state.tokens, token)
+    logp_out = write(state.logprobs, logp)
+    forced_out = write(state.forced, is_forced)
 
     return state.replace(
         cache=cache,

@@ -1,0 +1,115 @@
+"""The device programs of one GRPO step, built once per run and shared by `train` and `plan`.
+
+  rollout   the sampler's decode call (`e1jax.sampling.generate`'s jitted loop) on the decode
+            copy of the weights (`inference`: compute dtype, inference mesh);
+  logprobs  the behaviour / reference log-prob pass over the step's sequences;
+  update    one optimizer step on one mini-batch.
+
+`StepShapes` gives the largest shapes a recipe can produce (prompts at data.max_prompt_len,
+the full budgets): the ones `plan` compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import optax
+from jax.sharding import Mesh
+
+from e1jax.errors import E1Error
+from e1jax.models.config import ModelConfig
+from e1jax.rl.config import TrainConfig
+from e1jax.rl.grpo import GRPOConfig
+from e1jax.rl.rollout import prompt_width
+from e1jax.rl.update import OptimConfig, logprobs_program, make_optimizer, make_update_fn
+from e1jax.sampling.generate import DecodeShapes, SpecialIds, decode_steps
+from e1jax.sampling.inference import InferenceLayout, inference_layout
+from e1jax.sharding import mesh_description
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPrograms:
+    model_config: ModelConfig
+    mesh: Mesh
+    optimizer: optax.GradientTransformation
+    update: Callable  # update(state, batch) -> (state, metrics)
+    inference: InferenceLayout  # the rollout's weights: InferenceLayout(params) -> decode copy
+    micro_batch: int  # rows per forward(/backward) pass of the log-prob pass and the update
+
+    def logprobs(self, rows: int, response_width: int) -> tuple[Callable, int]:
+        """The log-prob pass over `rows` sequences scored on their last `response_width` tokens."""
+        return logprobs_program(self.model_config, rows, self.micro_batch, self.mesh, False, response_width)
+
+
+def micro_batch_rows(cfg: TrainConfig) -> int:
+    return cfg.batch.micro_batch or cfg.batch.mini_batch * cfg.rollout.n
+
+
+def check_batch_split(cfg: TrainConfig, mesh: Mesh) -> None:
+    """The micro-batch (the rows of one forward/backward) must split over the batch axes."""
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = micro_batch_rows(cfg)
+    if micro % ways:
+        raise E1Error(f"batch.micro_batch={micro} rows do not split over the mesh's {ways} batch devices "
+                      f"(data x fsdp of mesh {mesh_description(mesh)}): use a multiple of {ways}, or a mesh with "
+                      f"a tensor axis")
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(model_config: ModelConfig, grpo: GRPOConfig, optim: OptimConfig, micro_batch: int, mesh: Mesh,
+              hbm_bytes: int | None, tensor_parallel: int) -> StepPrograms:
+    optimizer = make_optimizer(optim)
+    update = make_update_fn(model_config, grpo, optimizer, micro_batch=micro_batch, mesh=mesh)
+    inference = inference_layout(model_config, mesh, hbm_bytes=hbm_bytes, tensor_parallel=tensor_parallel)
+    return StepPrograms(model_config=model_config, mesh=mesh, optimizer=optimizer, update=update,
+                        inference=inference, micro_batch=micro_batch)
+
+
+def step_programs(cfg: TrainConfig, model_config: ModelConfig, mesh: Mesh, hbm_bytes: int | None = None) -> StepPrograms:
+    """The programs of `cfg` (an effective TrainConfig) for `model_config` on `mesh`; cached, so
+    repeated train() calls in one process compile once. `hbm_bytes`: one chip's memory (default:
+    what the devices report), which decides whether the decode copy is replicated."""
+    check_batch_split(cfg, mesh)
+    return _programs(model_config, cfg.grpo, cfg.optim, micro_batch_rows(cfg), mesh, hbm_bytes,
+                     cfg.rollout.tensor_parallel)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShapes:
+    """The largest shapes of one step of a recipe."""
+
+    decode: DecodeShapes  # one sampler call (rollout.chunk_prompts prompts, or all of the step's)
+    sequences: int  # rows of the log-prob pass (prompts_per_step x n)
+    update_rows: int  # rows of one optimizer step (mini_batch x n)
+    prompt_width: int  # P of the training sequences
+    response_width: int  # L of the training sequences
+
+    @property
+    def sequence_length(self) -> int:
+        return self.prompt_width + self.response_width
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, ids: SpecialIds, inference_mesh: Mesh | None) -> "StepShapes":
+        r, b = cfg.rollout, cfg.batch
+        import numpy as np
+
+        steps = decode_steps(np.array([r.think_budget]), np.array([r.solution_budget]), ids, False, r.eos_in_thinking)
+        prompts = min(r.chunk_prompts or b.prompts_per_step, b.prompts_per_step)
+        decode = DecodeShapes.of(prompts, cfg.data.max_prompt_len, n=r.n, steps=steps, mesh=inference_mesh,
+                                 eos_in_thinking=r.eos_in_thinking)
+        return cls(decode=decode, sequences=b.prompts_per_step * r.n, update_rows=b.mini_batch * r.n,
+                   prompt_width=prompt_width(cfg.data.max_prompt_len), response_width=decode.out_width)
+
+
+def placeholder_ids() -> SpecialIds:
+    """Special ids of the usual shape (one close token, one EOS): only their count shapes a program."""
+    return SpecialIds(think_close_ids=(1,), eos_ids=(2,), pad_id=2)
+
+
+def describe(programs: StepPrograms) -> dict[str, Any]:
+    inf = programs.inference
+    return {"mesh": mesh_description(programs.mesh),
+            "decode_mesh": mesh_description(inf.mesh) if inf.mesh is not None else "none",
+            "decode_dtype": inf.config.param_dtype, "micro_batch": programs.micro_batch}
