@@ -12,7 +12,7 @@ import sys
 
 from e1jax.errors import E1Error
 
-COMMANDS = ("generate", "score", "eval", "grade", "train", "convert", "demo", "bench")
+COMMANDS = ("generate", "score", "eval", "grade", "train", "convert", "demo", "bench", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

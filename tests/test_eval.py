@@ -277,9 +277,13 @@ def test_cli_report_errors_and_exit_code(env, tmp_path):
 
 def test_cli_on_a_mesh_matches_single_device_samples(env, cli_run, tmp_path):
     reference, _, _ = cli_run
+    # the toy vocabulary (55) splits over no tensor axis: a mesh that would need it to is an error
+    rc, _, stderr = run_cli(["--model", env["model"], "--data", env["data"]["sums"], *COMMON, "--limit", "2",
+                             "--mesh", "data=2,tensor=4", "--no-progress", "--out", tmp_path / "refused"])
+    assert rc == 1 and "vocab = 55" in stderr and "tensor" in stderr and len(stderr.strip().splitlines()) == 1, stderr
     out = tmp_path / "mesh"
     rc, _, stderr = run_cli(["--model", env["model"], "--data", env["data"]["sums"], *COMMON, "--limit", "2",
-                             "--mesh", "data=2,tensor=4", "--no-progress", "--out", out])
+                             "--mesh", "data=2,fsdp=4", "--no-progress", "--out", out])
     assert rc == 0, stderr
     key = lambda s: (s["problem_id"], s["sample"], s["budget"])  # noqa: E731
     want = {key(s): s["token_ids"] for s in read_samples(reference)
