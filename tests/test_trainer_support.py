@@ -65,11 +65,11 @@ _FORWARD = {}
 def _forward(config):
     import jax
 
-    from e1jax.models.qwen import Qwen, positions_from_mask
+    from e1jax.models.qwen import model_for, positions_from_mask
 
     if config not in _FORWARD:
-        def fn(params, tokens, mask, last):
-            logits, _ = Qwen(config).apply({"params": params}, tokens, positions_from_mask(mask), mask)
+        def fn(params, tokens, mask, last):  # params in the sampler's (decode) layout
+            logits, _ = model_for(config, params).apply({"params": params}, tokens, positions_from_mask(mask), mask)
             return jax.numpy.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
 
         _FORWARD[config] = jax.jit(fn)

@@ -105,9 +105,10 @@ def _transpose_layer_kernels(layers: Any) -> Any:
 
 
 def unstack_layers(params: Params) -> Params:
-    """Stacked CPU params in the decode layout of Qwen(unrolled=True): every layer its own subtree
-    `layer_i` and the projection kernels transposed to (out, in). The kernels are copied once
-    (transposed); per-layer arrays are views of the copies, norms and embeddings shared with `params`."""
+    """Stacked CPU params in the CPU decode layout of Qwen(unrolled=True, out_in=True): every layer
+    its own subtree `layer_i` and the projection kernels transposed to (out, in). The kernels are
+    copied once (transposed); per-layer arrays are views of the copies, norms and embeddings shared
+    with `params`."""
     if is_unrolled(params):
         return params
     out = {name: value for name, value in params.items() if name != "layers"}
@@ -120,13 +121,42 @@ def unstack_layers(params: Params) -> Params:
     return out
 
 
-def decode_layout(params: Params) -> Params:
-    """Params in the layout the decode loop reads fastest on this backend. On CPU: the layers
-    unstacked (XLA:CPU copies a layer's weights out of the stacked array at every step of a scan:
-    a 0.5B model's decode step took 1.7x as long) and the kernels transposed (for up to 64 rows
-    kernel (out, in) @ x^T runs 1.2-1.9x as fast as x @ kernel (in, out): a 0.5B batch-8 decode
-    step 1.4x faster). Costs one transposed copy of the kernels; callers that decode repeatedly with the
-    same params convert once. Elsewhere the params stay as they are."""
-    if jax.default_backend() == "cpu":
+def split_layers(params: Params) -> Params:
+    """Stacked params as one subtree per layer (`layer_i`), kernels as they are: the layout of
+    Qwen(unrolled=True). Traceable (a copy of the layer weights when run)."""
+    if is_unrolled(params):
+        return params
+    out = {name: value for name, value in params.items() if name != "layers"}
+    layers = params["layers"]
+    for i in range(jax.tree.leaves(layers)[0].shape[0]):
+        out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
+    return out
+
+
+def split_layer_shardings(stacked: Any, num_layers: int) -> Any:
+    """The shardings of `split_layers`' output, from the stacked params' shardings."""
+    def drop_layers(sharding):
+        spec = tuple(sharding.spec)
+        if spec and spec[0] is not None:
+            raise E1Error(f"the layers dimension is sharded ({spec[0]}); it cannot be split")
+        return NamedSharding(sharding.mesh, PartitionSpec(*spec[1:]))
+
+    out = {name: value for name, value in stacked.items() if name != "layers"}
+    layer = jax.tree.map(drop_layers, stacked["layers"])
+    out.update({f"layer_{i}": layer for i in range(num_layers)})
+    return out
+
+
+def decode_layout(params: Params, platform: str | None = None) -> Params:
+    """Params in the layout the decode loop reads fastest on `platform` (default: this backend),
+    with the layers unrolled: the decode step then reads each layer's weights and KV cache as
+    arrays of their own (indexing stacked arrays with the layer of a scan makes XLA copy the
+    layer's weights on CPU, its KV cache on TPU, at every step). On CPU the kernels are also
+    transposed to (out, in) (for up to 64 rows kernel (out, in) @ x^T runs 1.2-1.9x as fast as
+    x @ kernel (in, out)), and the per-layer arrays are views of one copy. Elsewhere one jitted
+    copy into per-layer arrays. Callers that decode repeatedly with the same params convert once."""
+    if is_unrolled(params):
+        return params
+    if (platform or jax.default_backend()) == "cpu":
         return unstack_layers(params)
-    return params
+    return jax.jit(split_layers)(params)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from e1jax.models.attention import attend_parts, causal_key_mask
+from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.sharding import constrain
 
@@ -74,8 +75,8 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-# Projection kernels and how many of their leading dimensions are inputs. The decode layout
-# (`Qwen(unrolled=True)`) stores them transposed, (out..., in...), as Hugging Face does.
+# Projection kernels and how many of their leading dimensions are inputs. The CPU decode layout
+# (`Qwen(out_in=True)`) stores them transposed, (out..., in...), as Hugging Face does.
 KERNEL_INPUT_DIMS = {"q_proj_kernel": 1, "k_proj_kernel": 1, "v_proj_kernel": 1, "o_proj": 2,
                      "gate_proj": 1, "up_proj": 1, "down_proj": 1, "lm_head": 1}
 
@@ -229,12 +230,13 @@ def _remat_policy(name: str):
 
 
 class Qwen(nn.Module):
-    """`unrolled`: the decode layout (see `params.decode_layout`): the layers are separate
-    parameter subtrees `layer_0` ... instead of one stacked `layers` tree under nn.scan, and the
-    projection kernels are stored (out, in)."""
+    """The decode layouts (see `params.decode_layout`): `unrolled`: the layers are separate
+    parameter subtrees `layer_0` ... (and caches) instead of one stacked `layers` tree under
+    nn.scan; `out_in` (with `unrolled`): the projection kernels are stored (out, in)."""
 
     config: ModelConfig
     unrolled: bool = False
+    out_in: bool = False
 
     @nn.compact
     def __call__(
@@ -273,7 +275,7 @@ class Qwen(nn.Module):
             new_per_layer, collected = [], []
             for i in range(cfg.num_layers):
                 own = None if layer_caches is None else {"k": layer_caches["k"][i], "v": layer_caches["v"][i]}
-                (x, own, _), kv_out = layer_cls(cfg, True, collect, name=f"layer_{i}")((x, own, None), positions, key_mask, cache_index)
+                (x, own, _), kv_out = layer_cls(cfg, self.out_in, collect, name=f"layer_{i}")((x, own, None), positions, key_mask, cache_index)
                 new_per_layer.append(own)
                 collected.append(kv_out)
             new_layer_caches = None if layer_caches is None else {name: [c[name] for c in new_per_layer] for name in ("k", "v")}
@@ -309,7 +311,7 @@ class Qwen(nn.Module):
 
     def logits(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
         cfg = self.config
-        out_in = self.unrolled
+        out_in = self.out_in
         if cfg.tie_word_embeddings:
             head = embedding if out_in else embedding.T
         else:
@@ -329,9 +331,21 @@ def is_unrolled(params: Any) -> bool:
     return "layers" not in params
 
 
+def kernels_out_in(config: ModelConfig, params: Any) -> bool:
+    """Whether unrolled `params` store their kernels (out, in): q_proj is (heads, head_dim, embed)
+    rather than (embed, heads, head_dim)."""
+    if not is_unrolled(params):
+        return False
+    shape = tuple(params["layer_0"]["self_attn"]["q_proj_kernel"].shape)
+    out_in = (config.num_heads, config.head_dim, config.hidden_size)
+    if out_in == (config.hidden_size, config.num_heads, config.head_dim):
+        raise E1Error("hidden size, heads and head_dim are all equal: the kernel orientation of unrolled params is ambiguous")
+    return shape == out_in
+
+
 def model_for(config: ModelConfig, params: Any) -> Qwen:
-    """The module that reads `params` in their layout (stacked or unrolled layers)."""
-    return Qwen(config, unrolled=is_unrolled(params))
+    """The module that reads `params` in their layout (stacked or unrolled layers, kernel orientation)."""
+    return Qwen(config, unrolled=is_unrolled(params), out_in=kernels_out_in(config, params))
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: str | None = None, unrolled: bool = False) -> Cache:

@@ -9,7 +9,10 @@ its counter with a constant runs that many times; a loop whose condition depends
 (`DynamicLoop`: the cost of one iteration, i.e. one decoded token). Per instruction:
 dots and convolutions count 2 x output elements x contraction, other arithmetic one FLOP per
 element; bytes are operands + output, where a fusion reads only the slices it takes of an
-operand and a dynamic-update-slice writes only its update (as XLA's cost model does).
+operand and a dynamic-update-slice writes only its update (as XLA's cost model does), and
+asynchronous copies count once. `hbm_bytes` counts only the buffers in memory space 0 (HBM):
+the TPU compiler stages some buffers in on-chip memories (layouts marked S(1), S(3), ...), whose
+reads do not load HBM.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ DTYPE_BYTES = {
     "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3b11fnuz": 1, "f8e4m3fnuz": 1, "f8e5m2fnuz": 1, "f8e4m3": 1, "f8e3m4": 1,
     "f8e8m0fnu": 1, "f4e2m1fn": 0.5,
 }
-_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
 _NAME = re.compile(r"%([\w.\-]+)")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id", "replica-id",
-         "copy-done", "all-gather-done", "all-reduce-done", "collective-permute-done", "async-done", "send-done",
-         "recv-done", "opt-barrier", "domain", "add-dependency"}
+         "copy-done", "slice-done", "all-gather-done", "all-reduce-done", "collective-permute-done", "async-done",
+         "send-done", "recv-done", "opt-barrier", "domain", "add-dependency"}
+_BITCAST_CALLS = ("ConcatBitcast", "AssumeGatherIndicesInBound")  # custom calls that move no data
 _COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute", "ragged-all-to-all")
 _NO_FLOPS = {"copy", "copy-start", "transpose", "reshape", "broadcast", "slice", "dynamic-slice", "dynamic-update-slice",
              "concatenate", "pad", "gather", "scatter", "iota", "reverse", "convert", "bitcast-convert", "custom-call",
@@ -43,11 +47,44 @@ _TRANSPARENT = {"bitcast", "copy", "convert", "reshape", "transpose", "dynamic-s
 
 
 def array_shapes(shape: str) -> list[tuple[str, tuple[int, ...]]]:
-    return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _ARRAY.findall(shape)]
+    return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims, _ in _ARRAY.findall(shape)]
+
+
+def _arrays(shape: str) -> list[tuple[float, int]]:
+    """(bytes, memory space) of every array in a shape."""
+    out = []
+    for dtype, dims, layout in _ARRAY.findall(shape):
+        space = re.search(r"S\((\d+)\)", layout)
+        size = DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+        out.append((size, int(space.group(1)) if space else 0))
+    return out
+
+
+@dataclasses.dataclass
+class Bytes:
+    total: float = 0.0
+    hbm: float = 0.0
+
+    def __add__(self, other: "Bytes") -> "Bytes":
+        return Bytes(self.total + other.total, self.hbm + other.hbm)
+
+    def scaled(self, times: float) -> "Bytes":
+        return Bytes(self.total * times, self.hbm * times)
+
+
+def traffic(shape: str) -> Bytes:
+    arrays = _arrays(shape)
+    return Bytes(sum(b for b, _ in arrays), sum(b for b, space in arrays if space == 0))
+
+
+def _in_space_of(shape: str, size: float) -> Bytes:
+    """`size` bytes of the buffer `shape` (its first array's memory space)."""
+    arrays = _arrays(shape)
+    return Bytes(size, size if not arrays or arrays[0][1] == 0 else 0.0)
 
 
 def shape_bytes(shape: str) -> float:
-    return sum(DTYPE_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in array_shapes(shape))
+    return traffic(shape).total
 
 
 def _elements(shape: str) -> int:
@@ -141,13 +178,18 @@ def parse_module(text: str) -> dict[str, Computation]:
 @dataclasses.dataclass
 class Cost:
     flops: float = 0.0
-    bytes: float = 0.0
+    bytes: float = 0.0  # every memory space
+    hbm_bytes: float = 0.0  # memory space 0
     collectives: Counter = dataclasses.field(default_factory=Counter)  # kind -> count
     collective_bytes: Counter = dataclasses.field(default_factory=Counter)  # kind -> bytes
+
+    def set_bytes(self, amount: Bytes) -> None:
+        self.bytes, self.hbm_bytes = amount.total, amount.hbm
 
     def add(self, other: "Cost", times: float = 1.0) -> None:
         self.flops += times * other.flops
         self.bytes += times * other.bytes
+        self.hbm_bytes += times * other.hbm_bytes
         for kind, count in other.collectives.items():
             self.collectives[kind] += times * count
         for kind, size in other.collective_bytes.items():
@@ -294,26 +336,36 @@ class _Analyzer:
             for callee in inst.called("calls") or inst.called("to_apply"):
                 cost.add(self.computation(callee))
             return cost
-        operand_bytes = [shape_bytes(comp.instructions[o].shape) if o in comp.instructions else 0.0 for o in inst.operands]
-        out_bytes = shape_bytes(inst.shape)
+        operands = [traffic(comp.instructions[o].shape) if o in comp.instructions else Bytes() for o in inst.operands]
+        read = sum(operands, Bytes())
+        out = traffic(inst.shape)
         kind = next((c for c in _COLLECTIVES if op == c or op == f"{c}-start"), None)
         if kind is not None:
             cost.collectives[kind] += 1
-            cost.collective_bytes[kind] += out_bytes if kind == "all-gather" else sum(operand_bytes)
-            cost.bytes += sum(operand_bytes) + out_bytes
+            cost.collective_bytes[kind] += out.total if kind == "all-gather" else read.total
+            cost.set_bytes(read + out)
             return cost
         if op == "fusion":
             fused = self.comps[inst.called("calls")[0]]
             cost.flops = self._flops_of(fused)
-            cost.bytes = self._fusion_bytes(inst, comp, fused)
+            cost.set_bytes(self._fusion_bytes(inst, comp, fused))
+            return cost
+        if op == "custom-call" and any(f'custom_call_target="{t}"' in inst.attrs for t in _BITCAST_CALLS):
             return cost
         cost.flops = self._flops(inst, comp)
-        if op == "dynamic-slice" or op == "slice":
-            cost.bytes = 2 * out_bytes
+        if op in ("dynamic-slice", "slice"):
+            moved = out.total
+            cost.set_bytes(_in_space_of(comp.instructions[inst.operands[0]].shape, moved) + out)
         elif op == "dynamic-update-slice":
-            cost.bytes = 2 * (operand_bytes[1] if len(operand_bytes) > 1 else out_bytes)
+            update = operands[1] if len(operands) > 1 else out
+            cost.set_bytes(update + _in_space_of(inst.shape, update.total))
+        elif op in ("copy-start", "slice-start"):  # shapes: (destination, source, context) / ((sources), destination, context)
+            parts = _tuple_parts(inst.shape)
+            dest = parts[0] if op == "copy-start" else parts[1]
+            moved = traffic(dest)
+            cost.set_bytes(moved + _in_space_of(comp.instructions[inst.operands[0]].shape, moved.total))
         else:
-            cost.bytes = sum(operand_bytes) + out_bytes
+            cost.set_bytes(read + out)
         return cost
 
     def _flops_of(self, comp: Computation) -> float:
@@ -345,29 +397,34 @@ class _Analyzer:
             return 0.0
         return float(out)
 
-    def _fusion_bytes(self, inst: Instruction, comp: Computation, fused: Computation) -> float:
+    def _fusion_bytes(self, inst: Instruction, comp: Computation, fused: Computation) -> Bytes:
         params = {p.integer_arg(): p for p in fused.instructions.values() if p.opcode == "parameter"}
         root = fused.instructions[fused.root]
         roots = [fused.instructions[o] for o in root.operands] if root.opcode == "tuple" else [root]
         in_place = {r.operands[0] for r in roots if r.opcode == "dynamic-update-slice"}
-        total = 0.0
+        total = Bytes()
         for index, operand in enumerate(inst.operands):
-            size = shape_bytes(comp.instructions[operand].shape) if operand in comp.instructions else 0.0
+            if operand not in comp.instructions:
+                continue
+            shape = comp.instructions[operand].shape
+            size = shape_bytes(shape)
             param = params.get(index)
             if param is not None:
                 size = self._read_bytes(fused, param.name, size, in_place)
-            total += size
-        for r in roots:
-            if r.opcode == "dynamic-update-slice":
-                total += shape_bytes(fused.instructions[r.operands[1]].shape)
-            else:
-                total += shape_bytes(r.shape)
+            total = total + _in_space_of(shape, size)
+        outputs = _tuple_parts(inst.shape) if root.opcode == "tuple" else [inst.shape]
+        for r, shape in zip(roots, outputs):
+            written = shape_bytes(fused.instructions[r.operands[1]].shape) if r.opcode == "dynamic-update-slice" else shape_bytes(shape)
+            total = total + _in_space_of(shape, written)
         return total
 
     def _read_bytes(self, fused: Computation, name: str, full: float, in_place: set[str]) -> float:
         """Bytes a fusion reads of parameter `name`: the slices it takes when it only slices it."""
         if name in in_place:
             return 0.0
+        root = fused.instructions[fused.root]
+        if name == fused.root or (root.opcode == "tuple" and name in root.operands):
+            return full  # handed on whole to the fusion's consumer
         users = fused.users(name)
         if not users:
             return 0.0
@@ -377,11 +434,34 @@ class _Analyzer:
                 taken += shape_bytes(user.shape)
             elif user.opcode == "bitcast":
                 taken += self._read_bytes(fused, user.name, full, in_place)
+            elif user.opcode == "fusion":  # a nested fusion: what it reads of that operand
+                nested = self.comps[user.called("calls")[0]]
+                params = {p.integer_arg(): p.name for p in nested.instructions.values() if p.opcode == "parameter"}
+                for position, operand in enumerate(user.operands):
+                    if operand == name and position in params:
+                        taken += self._read_bytes(nested, params[position], full, set())
             elif user.opcode == "dynamic-update-slice" and user.operands[0] == name and user.name in in_place:
                 continue
             else:
                 return full
         return min(taken, full)
+
+
+def _tuple_parts(shape: str) -> list[str]:
+    """The top-level elements of a tuple shape "(a, (b, c), d)" (the shape itself if not a tuple)."""
+    shape = shape.strip()
+    if not shape.startswith("("):
+        return [shape]
+    parts, depth, start = [], 0, 1
+    for i, ch in enumerate(shape):
+        if ch in "({[":
+            depth += 1
+        elif ch in ")}]":
+            depth -= 1
+        if (ch == "," and depth == 1) or (depth == 0 and ch == ")"):
+            parts.append(re.sub(r"/\*.*?\*/", "", shape[start:i]).strip())
+            start = i + 1
+    return [p for p in parts if p]
 
 
 def _window(attrs: str, rank: int) -> dict[str, list]:

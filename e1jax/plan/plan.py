@@ -3,7 +3,9 @@ compiler says about it: per-chip memory, FLOPs, bytes accessed, collectives in t
 
 The programs are the trainer's own (`e1jax.rl.programs.step_programs`), lowered with abstract
 inputs of the recipe's largest shapes (`StepShapes`) and the placements `train` gives them.
-Times are estimates: the larger of FLOPs / peak FLOP/s and bytes / HBM bandwidth per chip.
+Times are estimates: the larger of FLOPs / peak FLOP/s and HBM bytes / HBM bandwidth per chip
+(HBM bytes: the traffic of buffers in HBM; `bytes_accessed` also counts the compiler's copies
+into and reads from on-chip memories).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from e1jax.models.attention import attention_for
 from e1jax.models.config import ModelConfig
-from e1jax.models.params import abstract_params, param_shardings
+from e1jax.models.params import abstract_params
 from e1jax.plan.hlo_cost import analyze, collectives_summary
 from e1jax.plan.tpu import Chip, Slice
 from e1jax.rl.config import TrainConfig
@@ -66,6 +68,7 @@ class ProgramPlan:
     resident_bytes: int = 0  # other buffers alive meanwhile (training state, reference params)
     flops: float = 0.0
     bytes_accessed: float = 0.0
+    hbm_bytes: float = 0.0
     compiler_flops: float = 0.0  # XLA's cost_analysis (while-loop bodies counted once)
     compiler_bytes_accessed: float = 0.0
     runs_per_step: int = 1
@@ -78,7 +81,7 @@ class ProgramPlan:
         return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes + self.resident_bytes
 
     def estimated_s(self, chip: Chip) -> float:
-        return max(self.flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bytes_per_s)
+        return roofline_s(self.flops, self.hbm_bytes, chip)
 
     def fits(self, chip: Chip) -> bool:
         return not self.error and self.peak_bytes <= HEADROOM * chip.hbm_bytes
@@ -86,7 +89,8 @@ class ProgramPlan:
     def as_dict(self, chip: Chip) -> dict[str, Any]:
         out = {"argument_bytes": self.argument_bytes, "temp_bytes": self.temp_bytes, "output_bytes": self.output_bytes,
                "alias_bytes": self.alias_bytes, "resident_bytes": self.resident_bytes, "peak_bytes": self.peak_bytes,
-               "flops": self.flops, "bytes_accessed": self.bytes_accessed, "estimated_s": self.estimated_s(chip),
+               "flops": self.flops, "bytes_accessed": self.bytes_accessed, "hbm_bytes": self.hbm_bytes,
+               "estimated_s": self.estimated_s(chip),
                "runs_per_step": self.runs_per_step, "fits": self.fits(chip),
                "compiler_cost_analysis": {"flops": self.compiler_flops, "bytes_accessed": self.compiler_bytes_accessed},
                "compile_s": self.compile_s}
@@ -115,8 +119,12 @@ def _compile(plan: ProgramPlan, lower: Callable[[], Any], dynamic_trips: float =
     plan.compiler_flops = float(costs.get("flops", 0.0))
     plan.compiler_bytes_accessed = float(costs.get("bytes accessed", 0.0))
     module = analyze(compiled.as_text(), dynamic_trip_count=dynamic_trips)
-    plan.flops, plan.bytes_accessed = module.total.flops, module.total.bytes
+    plan.flops, plan.bytes_accessed, plan.hbm_bytes = module.total.flops, module.total.bytes, module.total.hbm_bytes
     return module
+
+
+def roofline_s(flops: float, hbm_bytes: float, chip: Chip) -> float:
+    return max(flops / chip.peak_flops, hbm_bytes / chip.hbm_bytes_per_s)
 
 
 def _compile_error(err: Exception) -> str:
@@ -145,7 +153,7 @@ def plan_step(cfg: TrainConfig, model_config: ModelConfig, tpu: Slice, devices: 
     param_bytes = per_device_bytes(state.params)
     ref_bytes = param_bytes if cfg.grpo.use_kl else 0
 
-    plans = {"rollout": _plan_rollout(programs, shapes, ids, state_bytes + ref_bytes, cfg),
+    plans = {"rollout": _plan_rollout(programs, shapes, ids, state, state_bytes + ref_bytes, cfg, chip),
              "logprobs": _plan_logprobs(programs, shapes, state, state_bytes - param_bytes + ref_bytes, cfg),
              "update": _plan_update(programs, shapes, state, ref_bytes, cfg)}
     step_s = sum(p.estimated_s(chip) * p.runs_per_step for p in plans.values())
@@ -178,10 +186,11 @@ def _abstract_state(programs: StepPrograms) -> TrainState:
                       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=shardings.step))
 
 
-def _plan_rollout(programs: StepPrograms, shapes: StepShapes, ids, resident: int, cfg: TrainConfig) -> ProgramPlan:
+def _plan_rollout(programs: StepPrograms, shapes: StepShapes, ids, state: TrainState, resident: int,
+                  cfg: TrainConfig, chip: Chip) -> ProgramPlan:
     inference = programs.inference
     decode = shapes.decode
-    params = _abstract(abstract_params(inference.config), param_shardings(inference.config, inference.mesh))
+    params = _abstract(jax.eval_shape(inference.reshard, state.params), inference.shardings())
     args = abstract_generate_args(decode, params, ids, inference.mesh)
     calls = -(-cfg.batch.prompts_per_step // (cfg.rollout.chunk_prompts or cfg.batch.prompts_per_step))
     plan = ProgramPlan("rollout", resident_bytes=resident, runs_per_step=calls)
@@ -198,13 +207,15 @@ def _plan_rollout(programs: StepPrograms, shapes: StepShapes, ids, resident: int
         loops = module.dynamic_loops
         if loops:
             loop = max(loops, key=lambda item: item.per_iteration.bytes)
-            step_bytes = loop.per_iteration.bytes
+            step = loop.per_iteration
             plan.extra.update({
                 "decode_loop_weight_gathers": loop.weight_gathers,
                 "decode_loop_all_gathers": loop.gathers,
-                "decode_step": {"flops": loop.per_iteration.flops, "bytes_accessed": step_bytes,
-                                "bytes_per_weight_and_kv_byte": step_bytes / max(weights + kv, 1),
-                                "collectives": collectives_summary(loop.per_iteration)},
+                "decode_step": {"flops": step.flops, "bytes_accessed": step.bytes, "hbm_bytes": step.hbm_bytes,
+                                "hbm_bytes_per_weight_and_kv_byte": step.hbm_bytes / max(weights + kv, 1),
+                                "bytes_accessed_per_weight_and_kv_byte": step.bytes / max(weights + kv, 1),
+                                "estimated_s": roofline_s(step.flops, step.hbm_bytes, chip),
+                                "collectives": collectives_summary(step)},
             })
     return plan
 
@@ -270,22 +281,22 @@ def format_report(report: dict[str, Any]) -> str:
         f"{chip['hbm_bytes_per_s'] / 1e12:.2f} TB/s per chip",
         f"mesh {report['mesh']}; decode copy {report['model']['dtype']} on {report['decode_mesh']}; "
         f"attention {report['model']['attention']}; shapes {report['shapes']}",
-        "per chip, GiB:   argument     temp   output  resident     peak  of HBM     TFLOPs   GB accessed  est. s x runs  fits",
+        "per chip, GiB:   argument     temp   output  resident     peak  of HBM    TFLOPs  HBM GB  all GB   est. s x runs  fits",
     ]
     for name, p in report["programs"].items():
         share = p["peak_bytes"] / chip["hbm_bytes"]
         lines.append(f"{name:<14} {_gib(p['argument_bytes'])}  {_gib(p['temp_bytes'])}  {_gib(p['output_bytes'] - p['alias_bytes'])}"
-                     f"  {_gib(p['resident_bytes'])}  {_gib(p['peak_bytes'])}  {share:6.0%}  {p['flops'] / 1e12:9.2f}"
-                     f"  {p['bytes_accessed'] / 1e9:12.1f}  {p['estimated_s']:7.3f} x {p['runs_per_step']:<3}  "
+                     f"  {_gib(p['resident_bytes'])}  {_gib(p['peak_bytes'])}  {share:6.0%}  {p['flops'] / 1e12:8.1f}"
+                     f"  {p['hbm_bytes'] / 1e9:6.0f}  {p['bytes_accessed'] / 1e9:6.0f}  {p['estimated_s']:7.3f} x {p['runs_per_step']:<3}  "
                      f"{'yes' if p['fits'] else 'NO'}{'  ' + p['error'] if p.get('error') else ''}")
     rollout = report["programs"]["rollout"]
     if "decode_step" in rollout:
         step = rollout["decode_step"]
         coll = ", ".join(f"{k} x{v['count']:g} ({v['bytes'] / 1e6:.1f} MB)" for k, v in step["collectives"].items()) or "none"
-        lines.append(f"decode loop, per token: {step['bytes_accessed'] / 1e9:.2f} GB accessed = "
-                     f"{step['bytes_per_weight_and_kv_byte']:.2f} x (weights {rollout['weight_bytes'] / 1e9:.2f} GB + "
-                     f"KV cache {rollout['kv_cache_bytes'] / 1e9:.2f} GB), est. "
-                     f"{max(step['flops'] / chip['peak_flops'], step['bytes_accessed'] / chip['hbm_bytes_per_s']) * 1e3:.2f} ms;"
-                     f" weight all-gathers {rollout['decode_loop_weight_gathers']}; collectives: {coll}")
+        lines.append(f"decode loop, per token: HBM {step['hbm_bytes'] / 1e9:.2f} GB = {step['hbm_bytes_per_weight_and_kv_byte']:.2f} x "
+                     f"(weights {rollout['weight_bytes'] / 1e9:.2f} GB + KV cache {rollout['kv_cache_bytes'] / 1e9:.2f} GB); "
+                     f"all memories {step['bytes_accessed'] / 1e9:.2f} GB; est. {step['estimated_s'] * 1e3:.2f} ms x "
+                     f"{rollout['decode_steps']} steps at most; weight all-gathers {rollout['decode_loop_weight_gathers']}; "
+                     f"collectives: {coll}")
     lines.append(f"estimated step (rollout + log-probs + updates, grading excluded): {report['estimated_step_s']:.1f} s")
     return "\n".join(lines)

@@ -79,7 +79,7 @@ def parse_accelerator_type(name: str) -> Slice:
 def topology_devices(tpu: Slice) -> list[Any]:
     """The slice's TPU devices for ahead-of-time compilation (needs libtpu, no TPU)."""
     try:
-        import libtpu  # noqa: F401
+        import libtpu  # noqa: F401 - only whether it is installed
     except ImportError as err:
         raise E1Error('compiling for a TPU needs libtpu: pip install -e ".[tpu]"') from err
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # beside tests or a bench that load it too

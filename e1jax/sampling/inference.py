@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
-from e1jax.models.params import Params, cast_params, param_shardings
+from e1jax.models.params import Params, cast_params, decode_layout, param_shardings, split_layer_shardings, split_layers
 from e1jax.sharding import MESH_AXES, mesh_description
 
 # A replica of the weights may take at most this share of a chip's memory; the rest is left
@@ -81,49 +81,62 @@ def inference_mesh(mesh: Mesh, tensor_parallel: int) -> Mesh:
 
 @dataclasses.dataclass(frozen=True)
 class InferenceLayout:
-    """How the sampler holds the weights: `config` (param dtype = compute dtype), `mesh`, and
-    the jitted reshard from the training params (`__call__`)."""
+    """How the sampler holds the weights: `config` (param dtype = compute dtype) on `mesh`, in
+    the decode layout of `platform` (`decode_layout`); `__call__` makes the copy."""
 
     config: ModelConfig
     mesh: Mesh | None
+    platform: str
 
     @property
     def tensor_parallel(self) -> int:
         return 1 if self.mesh is None else self.mesh.shape["tensor"]
 
+    @property
+    def splits_layers(self) -> bool:
+        """The reshard itself unrolls the layers (accelerators); on CPU `decode_layout` does, with views."""
+        return self.platform != "cpu"
+
     def shardings(self) -> Any:
-        return None if self.mesh is None else param_shardings(self.config, self.mesh)
+        """The copy's shardings (None without a mesh)."""
+        if self.mesh is None:
+            return None
+        stacked = param_shardings(self.config, self.mesh)
+        return split_layer_shardings(stacked, self.config.num_layers) if self.splits_layers else stacked
 
     @property
     def reshard(self):
-        return _reshard_fn(self.config, self.mesh)
+        """The jitted program: training params -> the copy (cast, and the layers split on accelerators)."""
+        key = (self.config, self.mesh, self.platform)
+        if key not in _RESHARDS:
+            dtype, split = self.config.param_dtype, self.splits_layers
+
+            def copy(params):
+                params = cast_params(params, dtype)
+                return split_layers(params) if split else params
+
+            _RESHARDS[key] = jax.jit(copy, out_shardings=self.shardings())
+        return _RESHARDS[key]
 
     def __call__(self, params: Params) -> Params:
-        """The decode copy of training params: one reshard (the sampler then lays it out for its
-        backend with `decode_layout`)."""
-        return self.reshard(params)
+        """The decode copy of training params, in the decode layout (one reshard program; on CPU
+        then `decode_layout`'s views)."""
+        return decode_layout(self.reshard(params), self.platform)
 
 
 _RESHARDS: dict = {}
 
 
-def _reshard_fn(config: ModelConfig, mesh: Mesh | None):
-    key = (config, mesh)
-    if key not in _RESHARDS:
-        dtype = config.param_dtype
-        shardings = None if mesh is None else param_shardings(config, mesh)
-        _RESHARDS[key] = jax.jit(lambda params: cast_params(params, dtype), out_shardings=shardings)
-    return _RESHARDS[key]
-
-
 def inference_layout(config: ModelConfig, mesh: Mesh | None, *, hbm_bytes: int | None = None,
-                     tensor_parallel: int = 0) -> InferenceLayout:
+                     tensor_parallel: int = 0, platform: str | None = None) -> InferenceLayout:
     """The decode layout for training `config` on `mesh` (hbm_bytes: one chip's memory; default:
-    what the first device reports)."""
+    what the first device reports; platform: the devices' platform)."""
     decode_config = config.replace(param_dtype=config.dtype)
+    if platform is None:
+        platform = np.asarray(mesh.devices).flat[0].platform if mesh is not None else jax.default_backend()
     if mesh is None:
-        return InferenceLayout(decode_config, None)
+        return InferenceLayout(decode_config, None, platform)
     if hbm_bytes is None:
         hbm_bytes = device_memory_bytes(np.asarray(mesh.devices).flat[0])
     ways = choose_tensor_parallel(decode_config, math.prod(mesh.shape.values()), hbm_bytes, tensor_parallel)
-    return InferenceLayout(decode_config, inference_mesh(mesh, ways))
+    return InferenceLayout(decode_config, inference_mesh(mesh, ways), platform)
