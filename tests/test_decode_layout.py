@@ -39,7 +39,7 @@ def test_unrolled_layers_compute_the_same_model():
     assert isinstance(got_cache["k"], list) and len(got_cache["k"]) == CFG.num_layers
     for name in ("k", "v"):
         np.testing.assert_allclose(np.stack(got_cache[name]), np.asarray(ref_cache[name]), atol=1e-6, rtol=0)
-    full, _ = Qwen(CFG, unrolled=True).apply({"params": unrolled}, tokens, positions_from_mask(jnp.ones(tokens.shape, bool)), jnp.ones(tokens.shape, bool))
+    full, _ = Qwen(CFG, unrolled=True, out_in=True).apply({"params": unrolled}, tokens, positions_from_mask(jnp.ones(tokens.shape, bool)), jnp.ones(tokens.shape, bool))
     np.testing.assert_allclose(np.asarray(full), ref, atol=1e-5, rtol=0)
 
 

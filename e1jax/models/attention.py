@@ -17,7 +17,6 @@ Decoding with a KV cache always goes through `attend_parts`, the plain softmax o
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -71,8 +70,8 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(length: int, groups: int, block: int, interpret: bool):
+    """Built per trace: the kernel holds its mask tables as arrays of the trace it is made in."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 

@@ -221,7 +221,10 @@ class _Analyzer:
 
     # --------------------------------------------------------------- loops
     def trip_count(self, inst: Instruction, comp: Computation) -> int | None:
-        """N when the condition is `counter < N` with the counter starting at 0."""
+        """XLA's known trip count, else N when the condition is `counter < N` with the counter starting at 0."""
+        known = re.search(r'"known_trip_count":\{"n":"(\d+)"', inst.attrs)
+        if known:
+            return int(known.group(1))
         cond = self.comps[inst.called("condition")[0]]
         root = cond.instructions[cond.root]
         if root.opcode != "compare" or "direction=LT" not in root.attrs or len(root.operands) != 2:

@@ -27,7 +27,7 @@ from e1jax.models.params import abstract_params
 from e1jax.plan.hlo_cost import analyze, collectives_summary
 from e1jax.plan.tpu import Chip, Slice
 from e1jax.rl.config import TrainConfig
-from e1jax.rl.programs import StepPrograms, StepShapes, placeholder_ids, step_programs
+from e1jax.rl.programs import StepPrograms, StepShapes, check_context, placeholder_ids, step_programs
 from e1jax.rl.update import BATCH_LOGICAL_AXES, TrainState, UpdateBatch, train_state_shardings
 from e1jax.sampling.generate import _generate_jit, abstract_generate_args
 from e1jax.sharding import activate, make_mesh, mesh_description, named_sharding
@@ -140,22 +140,76 @@ def _batch_arg(shape: tuple[int, ...], dtype: Any, axes: tuple, mesh: Mesh, name
     return jax.ShapeDtypeStruct(shape, dtype, sharding=named_sharding(axes, shape, mesh, name))
 
 
+@dataclasses.dataclass(frozen=True)
+class ProgramInputs:
+    """One program of the step: the jitted function `train` calls, abstract arguments with the
+    placements `train` gives them, its static keyword arguments, and the mesh it is traced under."""
+
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    mesh: Mesh | None
+
+    def lower(self):
+        with activate(self.mesh):
+            return self.fn.lower(*self.args, **self.kwargs)
+
+
+def step_inputs(cfg: TrainConfig, programs: StepPrograms, shapes: StepShapes, ids) -> dict[str, ProgramInputs]:
+    """The rollout, log-prob and update programs of `programs` with abstract inputs of `shapes`."""
+    mesh, inference = programs.mesh, programs.inference
+    state = abstract_state(programs)
+    params = _abstract(jax.eval_shape(inference.reshard, state.params), inference.shardings())
+    decode = shapes.decode
+    rollout = ProgramInputs(_generate_jit, abstract_generate_args(decode, params, ids, inference.mesh),
+                            decode.statics(inference.config), inference.mesh)
+
+    fn, rows = programs.logprobs(shapes.sequences, shapes.response_width)
+    seq = (rows, shapes.sequence_length)
+    logprobs = ProgramInputs(fn, (state.params, _batch_arg(seq, jnp.int32, ("batch", "length"), mesh, "logprob tokens"),
+                                  _batch_arg(seq, jnp.bool_, ("batch", "length"), mesh, "logprob attention mask"),
+                                  jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))),
+                             {}, mesh)
+
+    rows, length, width = shapes.update_rows, shapes.sequence_length, shapes.response_width
+    fields = {"tokens": ((rows, length), jnp.int32), "attention_mask": ((rows, length), jnp.bool_),
+              "loss_mask": ((rows, width), jnp.bool_), "advantages": ((rows,), jnp.float32),
+              "old_logp": ((rows, width), jnp.float32), "ref_logp": ((rows, width), jnp.float32)}
+    if not cfg.grpo.use_kl:
+        fields.pop("ref_logp")
+    batch = UpdateBatch(**{name: _batch_arg(shape, dtype, getattr(BATCH_LOGICAL_AXES, name), mesh, f"update batch {name}")
+                           for name, (shape, dtype) in fields.items()})
+    update = ProgramInputs(programs.update, (state, batch), {}, mesh)
+    return {"rollout": rollout, "logprobs": logprobs, "update": update}
+
+
 def plan_step(cfg: TrainConfig, model_config: ModelConfig, tpu: Slice, devices: list[Any]) -> dict[str, Any]:
     """Compile `cfg`'s step programs (cfg: the effective TrainConfig) for `tpu` and report them."""
     chip = tpu.chip
     mesh = make_mesh(cfg.mesh, devices)
     config = tpu_model_config(cfg, model_config)
+    check_context(cfg, config)
     programs = step_programs(cfg, config, mesh, hbm_bytes=chip.hbm_bytes)
     ids = placeholder_ids()
     shapes = StepShapes.of(cfg, ids, programs.inference.mesh)
-    state = _abstract_state(programs)
+    inputs = step_inputs(cfg, programs, shapes, ids)
+    state = abstract_state(programs)
     state_bytes = per_device_bytes(state)
     param_bytes = per_device_bytes(state.params)
     ref_bytes = param_bytes if cfg.grpo.use_kl else 0
+    calls = -(-cfg.batch.prompts_per_step // (cfg.rollout.chunk_prompts or cfg.batch.prompts_per_step))
 
-    plans = {"rollout": _plan_rollout(programs, shapes, ids, state, state_bytes + ref_bytes, cfg, chip),
-             "logprobs": _plan_logprobs(programs, shapes, state, state_bytes - param_bytes + ref_bytes, cfg),
-             "update": _plan_update(programs, shapes, state, ref_bytes, cfg)}
+    plans = {
+        # the training state (and the reference params) stay in memory throughout the step
+        "rollout": ProgramPlan("rollout", resident_bytes=state_bytes + ref_bytes, runs_per_step=calls),
+        "logprobs": ProgramPlan("logprobs", resident_bytes=state_bytes - param_bytes + ref_bytes,
+                                runs_per_step=2 if cfg.grpo.use_kl else 1),
+        "update": ProgramPlan("update", resident_bytes=ref_bytes, runs_per_step=cfg.updates_per_step),
+    }
+    for name, plan in plans.items():
+        module = _compile(plan, inputs[name].lower, dynamic_trips=shapes.decode.max_steps if name == "rollout" else 1.0)
+        if name == "rollout":
+            _decode_figures(plan, module, programs, shapes, inputs[name].args[0], chip)
     step_s = sum(p.estimated_s(chip) * p.runs_per_step for p in plans.values())
     return {
         "topology": tpu.accelerator_type,
@@ -177,7 +231,7 @@ def plan_step(cfg: TrainConfig, model_config: ModelConfig, tpu: Slice, devices: 
     }
 
 
-def _abstract_state(programs: StepPrograms) -> TrainState:
+def abstract_state(programs: StepPrograms) -> TrainState:
     config, mesh = programs.model_config, programs.mesh
     shardings = train_state_shardings(config, programs.optimizer, mesh)
     params = abstract_params(config)
@@ -186,38 +240,26 @@ def _abstract_state(programs: StepPrograms) -> TrainState:
                       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=shardings.step))
 
 
-def _plan_rollout(programs: StepPrograms, shapes: StepShapes, ids, state: TrainState, resident: int,
-                  cfg: TrainConfig, chip: Chip) -> ProgramPlan:
-    inference = programs.inference
-    decode = shapes.decode
-    params = _abstract(jax.eval_shape(inference.reshard, state.params), inference.shardings())
-    args = abstract_generate_args(decode, params, ids, inference.mesh)
-    calls = -(-cfg.batch.prompts_per_step // (cfg.rollout.chunk_prompts or cfg.batch.prompts_per_step))
-    plan = ProgramPlan("rollout", resident_bytes=resident, runs_per_step=calls)
-
-    def lower():
-        with activate(inference.mesh):
-            return _generate_jit.lower(*args, **decode.statics(inference.config))
-
-    module = _compile(plan, lower, dynamic_trips=decode.max_steps)
+def _decode_figures(plan: ProgramPlan, module: Any, programs: StepPrograms, shapes: StepShapes, params: Any,
+                    chip: Chip) -> None:
+    """The decode loop's per-token figures against the bytes it cannot avoid: the weights and the KV cache."""
+    inference, decode = programs.inference, shapes.decode
     weights = per_device_bytes(params)
     kv = _kv_cache_bytes(inference.config, inference.mesh, decode.rows * decode.n, decode.cache_len)
     plan.extra = {"decode_steps": decode.max_steps, "weight_bytes": weights, "kv_cache_bytes": kv}
-    if module is not None:
-        loops = module.dynamic_loops
-        if loops:
-            loop = max(loops, key=lambda item: item.per_iteration.bytes)
-            step = loop.per_iteration
-            plan.extra.update({
-                "decode_loop_weight_gathers": loop.weight_gathers,
-                "decode_loop_all_gathers": loop.gathers,
-                "decode_step": {"flops": step.flops, "bytes_accessed": step.bytes, "hbm_bytes": step.hbm_bytes,
-                                "hbm_bytes_per_weight_and_kv_byte": step.hbm_bytes / max(weights + kv, 1),
-                                "bytes_accessed_per_weight_and_kv_byte": step.bytes / max(weights + kv, 1),
-                                "estimated_s": roofline_s(step.flops, step.hbm_bytes, chip),
-                                "collectives": collectives_summary(step)},
-            })
-    return plan
+    if module is None or not module.dynamic_loops:
+        return
+    loop = max(module.dynamic_loops, key=lambda item: item.per_iteration.bytes)
+    step = loop.per_iteration
+    plan.extra.update({
+        "decode_loop_weight_gathers": loop.weight_gathers,
+        "decode_loop_all_gathers": loop.gathers,
+        "decode_step": {"flops": step.flops, "bytes_accessed": step.bytes, "hbm_bytes": step.hbm_bytes,
+                        "hbm_bytes_per_weight_and_kv_byte": step.hbm_bytes / max(weights + kv, 1),
+                        "bytes_accessed_per_weight_and_kv_byte": step.bytes / max(weights + kv, 1),
+                        "estimated_s": roofline_s(step.flops, step.hbm_bytes, chip),
+                        "collectives": collectives_summary(step)},
+    })
 
 
 def _kv_cache_bytes(config: ModelConfig, mesh: Mesh, rows: int, cache_len: int) -> int:
@@ -225,35 +267,6 @@ def _kv_cache_bytes(config: ModelConfig, mesh: Mesh, rows: int, cache_len: int) 
     k = jax.ShapeDtypeStruct(shape, jnp.dtype(config.dtype),
                              sharding=named_sharding(("layers", "batch", "kv_heads", "head_dim", "cache_length"), shape, mesh, "kv cache"))
     return 2 * per_device_bytes(k)
-
-
-def _plan_logprobs(programs: StepPrograms, shapes: StepShapes, state: TrainState, resident: int,
-                   cfg: TrainConfig) -> ProgramPlan:
-    mesh = programs.mesh
-    fn, rows = programs.logprobs(shapes.sequences, shapes.response_width)
-    seq = (rows, shapes.sequence_length)
-    tokens = _batch_arg(seq, jnp.int32, ("batch", "length"), mesh, "logprob tokens")
-    mask = _batch_arg(seq, jnp.bool_, ("batch", "length"), mesh, "logprob attention mask")
-    temperature = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
-    plan = ProgramPlan("logprobs", resident_bytes=resident, runs_per_step=2 if cfg.grpo.use_kl else 1)
-    _compile(plan, lambda: fn.lower(state.params, tokens, mask, temperature))
-    return plan
-
-
-def _plan_update(programs: StepPrograms, shapes: StepShapes, state: TrainState, resident: int,
-                 cfg: TrainConfig) -> ProgramPlan:
-    mesh = programs.mesh
-    rows, length, width = shapes.update_rows, shapes.sequence_length, shapes.response_width
-    fields = {"tokens": ((rows, length), jnp.int32), "attention_mask": ((rows, length), jnp.bool_),
-              "loss_mask": ((rows, width), jnp.bool_), "advantages": ((rows,), jnp.float32),
-              "old_logp": ((rows, width), jnp.float32), "ref_logp": ((rows, width), jnp.float32)}
-    if not cfg.grpo.use_kl:
-        fields.pop("ref_logp")
-    batch = UpdateBatch(**{name: _batch_arg(shape, dtype, getattr(BATCH_LOGICAL_AXES, name), mesh, f"update batch {name}")
-                           for name, (shape, dtype) in fields.items()})
-    plan = ProgramPlan("update", resident_bytes=resident, runs_per_step=cfg.updates_per_step)
-    _compile(plan, lambda: programs.update.lower(state, batch))
-    return plan
 
 
 def failures(report: dict[str, Any]) -> list[str]:

@@ -57,6 +57,20 @@ def check_batch_split(cfg: TrainConfig, mesh: Mesh) -> None:
                       f"a tensor axis")
 
 
+def check_context(cfg: TrainConfig, model_config: ModelConfig) -> None:
+    """The longest prompt plus the budgets (of the rollouts and of the validation) fit the model's context."""
+    limit = model_config.max_position_embeddings
+    needed = cfg.data.max_prompt_len + cfg.rollout.think_budget + 1 + cfg.rollout.solution_budget
+    if needed > limit:
+        raise E1Error(f"data.max_prompt_len + budgets ({needed} tokens) exceed the model's context {limit}")
+    v = cfg.run.validation
+    if v.datasets and v.every:
+        needed = cfg.data.max_prompt_len + max(v.think_budgets) + 1 + v.solution_budget
+        if needed > limit:
+            raise E1Error(f"data.max_prompt_len + run.validation budgets ({needed} tokens) exceed the model's "
+                          f"context {limit}")
+
+
 @functools.lru_cache(maxsize=8)
 def _programs(model_config: ModelConfig, grpo: GRPOConfig, optim: OptimConfig, micro_batch: int, mesh: Mesh,
               hbm_bytes: int | None, tensor_parallel: int) -> StepPrograms:

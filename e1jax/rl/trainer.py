@@ -240,7 +240,7 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     from e1jax.data.pipeline import make_train_iterator
     from e1jax.models.hf import load_config as load_model_config
     from e1jax.models.hf import resolve_model_dir
-    from e1jax.rl.programs import step_programs
+    from e1jax.rl.programs import check_context, step_programs
     from e1jax.sharding import make_mesh
     from e1jax.tokenizer import Tokenizer
 
@@ -249,16 +249,7 @@ def _prepare(cfg: TrainConfig, generate_fn: GenerateFn | None) -> _Run:
     model_dir = resolve_model_dir(cfg.model.path)
     model_config = load_model_config(model_dir, param_dtype=cfg.model.param_dtype,
                                      dtype=compute_dtype(cfg.model.dtype), remat=cfg.model.remat)
-    needed = cfg.data.max_prompt_len + cfg.rollout.think_budget + 1 + cfg.rollout.solution_budget
-    if needed > model_config.max_position_embeddings:
-        raise E1Error(f"data.max_prompt_len + budgets ({needed} tokens) exceed the model's context "
-                      f"{model_config.max_position_embeddings}")
-    v = cfg.run.validation
-    if v.datasets and v.every:
-        needed = cfg.data.max_prompt_len + max(v.think_budgets) + 1 + v.solution_budget
-        if needed > model_config.max_position_embeddings:
-            raise E1Error(f"data.max_prompt_len + run.validation budgets ({needed} tokens) exceed the model's "
-                          f"context {model_config.max_position_embeddings}")
+    check_context(cfg, model_config)
     tokenizer = Tokenizer.load(model_dir)
     tokenize = make_tokenize(tokenizer, cfg.data)
     # Every host reads the whole global batch; the sampler and the update shard it.
