@@ -26,26 +26,42 @@ from jax.sharding import PartitionSpec
 from e1jax.sharding import active_mesh, constrain, logical_to_spec
 
 
+def _tensor_splits(kv_heads: int) -> bool:
+    mesh = active_mesh()
+    return mesh is not None and mesh.shape["tensor"] > 1 and kv_heads % mesh.shape["tensor"] == 0
+
+
 def attend_parts(q: jax.Array, keys: Sequence[jax.Array], values: Sequence[jax.Array], key_mask: jax.Array,
                  num_kv_heads: int, dtype: Any) -> jax.Array:
     """Softmax attention of q (B, T, H, D) over the concatenated key parts (B, KV, D, S_i)
-    (stored transposed) and value parts (B, KV, S_i, D); key_mask (B, T, sum S_i)."""
+    (stored transposed) and value parts (B, KV, S_i, D); key_mask (B, T, sum S_i).
+
+    The matmuls have one batch dimension (B*KV: XLA:CPU runs dots with several an order of
+    magnitude slower), unless a tensor axis splits the kv heads: merging the two sharded
+    dimensions would make the partitioner gather the whole KV cache."""
     b, t, h, d = q.shape
     kv = num_kv_heads
     groups = h // kv
-    # One batch dimension (B*KV) and one contracting dimension per matmul.
-    qh = q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, groups * t, d)
+    split = _tensor_splits(kv)
+    lead = (b, kv) if split else (b * kv,)
+
+    def rows(x, *rest):
+        x = x.reshape(*lead, *rest)
+        return constrain(x, ("batch", "kv_heads") + (None,) * len(rest)) if split else x
+
+    qh = rows(q.reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4), groups * t, d)
     scores = jnp.concatenate(
-        [jnp.einsum("nqd,nds->nqs", qh, part.astype(dtype).reshape(b * kv, d, -1), preferred_element_type=jnp.float32) for part in keys], axis=-1
+        [jnp.einsum("...qd,...ds->...qs", qh, rows(part.astype(dtype), d, part.shape[-1]), preferred_element_type=jnp.float32)
+         for part in keys], axis=-1
     ) * (d**-0.5)
     s = scores.shape[-1]
     scores = scores.reshape(b, kv, groups, t, s)
     scores = jnp.where(key_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b * kv, groups * t, s)
+    probs = rows(jax.nn.softmax(scores, axis=-1).astype(dtype), groups * t, s)
     out, offset = 0, 0
     for part in values:
         width = part.shape[2]
-        out = out + jnp.einsum("nqs,nsd->nqd", probs[:, :, offset : offset + width], part.astype(dtype).reshape(b * kv, width, d))
+        out = out + jnp.einsum("...qs,...sd->...qd", probs[..., offset : offset + width], rows(part.astype(dtype), width, d))
         offset += width
     out = out.reshape(b, kv, groups, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
     return constrain(out, ("batch", "length", "heads", "head_dim"))
