@@ -3,6 +3,8 @@ import os
 # Simulate an 8-device mesh on CPU for every sharded test; must precede the jax import.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu (the plan tests' TPU compiler) takes a lock file per process; pytest -n 2 runs two.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from pathlib import Path  # noqa: E402
 
