@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from test_trainer_support import make_model_dir, reference_generate, tiny_overrides, write_toy_records
+from test_trainer_support import make_model_dir, tiny_overrides, write_toy_records
 
 from e1jax.errors import E1Error
 from e1jax.plan.tpu import parse_accelerator_type, topology_devices

@@ -160,9 +160,11 @@ class DotProductAttention:
         def rotate(x, idx):
             return jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
 
+        # cuDNN's flash attention takes half precision only; fp32 runs take XLA's implementation
+        implementation = self.implementation if q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
         out = jax.nn.dot_product_attention(rotate(q, index), rotate(k, index), rotate(v, index), is_causal=True,
                                            query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                                           implementation=self.implementation)
+                                           implementation=implementation)
         back = (jnp.arange(t)[None, :] - lead[:, None]) % t
         return constrain(rotate(out, back), ("batch", "length", "heads", "head_dim"))
 

@@ -45,12 +45,11 @@ def chunked_logprobs(
     def score(h, t, head):
         logits = jnp.dot(h.reshape(b * chunk, e), head, preferred_element_type=jnp.float32)
         logits = constrain(logits.reshape(b, chunk, -1), ("batch", "length", "vocab")) / temperature
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        logp = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
+        logp_all = jax.nn.log_softmax(logits, axis=-1)
+        logp = jnp.take_along_axis(logp_all, t[..., None], axis=-1)[..., 0]
         if not with_entropy:
             return logp, None
-        probs = jnp.exp(logits - lse[..., None])
-        return logp, lse - jnp.sum(probs * logits, axis=-1)
+        return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
 
     def body(_, xs):
         return None, score(*xs, head)

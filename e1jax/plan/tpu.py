@@ -5,6 +5,7 @@ and their devices for ahead-of-time compilation on a host without TPUs (libtpu's
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 from typing import Any
@@ -78,10 +79,8 @@ def parse_accelerator_type(name: str) -> Slice:
 
 def topology_devices(tpu: Slice) -> list[Any]:
     """The slice's TPU devices for ahead-of-time compilation (needs libtpu, no TPU)."""
-    try:
-        import libtpu  # noqa: F401 - only whether it is installed
-    except ImportError as err:
-        raise E1Error('compiling for a TPU needs libtpu: pip install -e ".[tpu]"') from err
+    if importlib.util.find_spec("libtpu") is None:
+        raise E1Error('compiling for a TPU needs libtpu: pip install -e ".[tpu]"')
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # beside tests or a bench that load it too
     from jax.experimental import topologies
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Callable
 
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -107,8 +108,6 @@ class StepShapes:
     @classmethod
     def of(cls, cfg: TrainConfig, ids: SpecialIds, inference_mesh: Mesh | None) -> "StepShapes":
         r, b = cfg.rollout, cfg.batch
-        import numpy as np
-
         steps = decode_steps(np.array([r.think_budget]), np.array([r.solution_budget]), ids, False, r.eos_in_thinking)
         prompts = min(r.chunk_prompts or b.prompts_per_step, b.prompts_per_step)
         decode = DecodeShapes.of(prompts, cfg.data.max_prompt_len, n=r.n, steps=steps, mesh=inference_mesh,
@@ -120,10 +119,3 @@ class StepShapes:
 def placeholder_ids() -> SpecialIds:
     """Special ids of the usual shape (one close token, one EOS): only their count shapes a program."""
     return SpecialIds(think_close_ids=(1,), eos_ids=(2,), pad_id=2)
-
-
-def describe(programs: StepPrograms) -> dict[str, Any]:
-    inf = programs.inference
-    return {"mesh": mesh_description(programs.mesh),
-            "decode_mesh": mesh_description(inf.mesh) if inf.mesh is not None else "none",
-            "decode_dtype": inf.config.param_dtype, "micro_batch": programs.micro_batch}
