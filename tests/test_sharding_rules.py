@@ -31,7 +31,10 @@ def test_indivisible_dimension_is_an_error_naming_tensor_dimension_and_mesh():
         param_shardings(ModelConfig("qwen2", 97, 64, 128, 2, 8, 4, 8), make_mesh("data=2,tensor=4"))
 
 
-def test_kv_heads_fewer_than_the_tensor_axis_are_replicated_and_said_once(caplog):
+def test_kv_heads_fewer_than_the_tensor_axis_are_replicated_and_said_once(caplog, monkeypatch):
+    import e1jax.sharding
+
+    monkeypatch.setattr(e1jax.sharding, "_said", set())  # earlier tests in this process may have said it
     mesh = make_mesh("data=2,tensor=4")
     config = ModelConfig("qwen2", 128, 64, 128, 2, 8, 2, 8)  # 2 kv heads on tensor=4
     with caplog.at_level(logging.WARNING, logger="e1jax.sharding"):
