@@ -20,8 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from e1jax.errors import E1Error
+from e1jax.mesh_spec import DEFAULT_MESH, MESH_AXES, parse_mesh_spec  # noqa: F401  (re-exported)
 
-MESH_AXES = ("data", "fsdp", "tensor")
 
 LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp"),
@@ -50,31 +50,11 @@ def mesh_description(mesh: Mesh) -> str:
     return ",".join(f"{name}={size}" for name, size in mesh.shape.items())
 
 
-def parse_mesh_spec(spec: str | dict[str, int] | None) -> dict[str, int]:
-    """'data=2,tensor=4' -> {'data': 2, 'fsdp': 1, 'tensor': 4}; -1 takes the remaining devices."""
-    if spec is None or spec == "":
-        sizes: dict[str, int] = {}
-    elif isinstance(spec, dict):
-        sizes = dict(spec)
-    else:
-        sizes = {}
-        for part in spec.split(","):
-            if "=" not in part:
-                raise E1Error(f"mesh '{spec}' must look like data=2,tensor=4")
-            name, value = part.split("=", 1)
-            try:
-                sizes[name.strip()] = int(value)
-            except ValueError as err:
-                raise E1Error(f"mesh axis '{name.strip()}' size '{value}' is not an integer") from err
-    for name in sizes:
-        if name not in MESH_AXES:
-            raise E1Error(f"unknown mesh axis '{name}'; axes are {', '.join(MESH_AXES)}")
-    return {name: int(sizes.get(name, 1)) for name in MESH_AXES}
-
-
-def make_mesh(spec: str | dict[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
-    """A mesh over all (or the given) devices with Auto axis types (GSPMD propagation)."""
+def make_mesh(spec: str | dict[str, int] | None = DEFAULT_MESH, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over all (or the given) devices with Auto axis types (GSPMD propagation); None means
+    DEFAULT_MESH, an empty spec puts every device along data."""
     devices = list(devices) if devices is not None else jax.devices()
+    spec = DEFAULT_MESH if spec is None else spec
     sizes = parse_mesh_spec(spec)
     free = [n for n, s in sizes.items() if s == -1]
     fixed = math.prod(s for s in sizes.values() if s != -1)
@@ -177,12 +157,6 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     name = f"activation ({', '.join(a or '-' for a in logical_axes)})"
     return jax.lax.with_sharding_constraint(x, named_sharding(logical_axes, x.shape, mesh, name))
-
-
-def put_on_mesh(tree: Any, logical_tree: Any, mesh: Mesh) -> Any:
-    """device_put a host/device pytree onto `mesh` following logical axes."""
-    shardings = tree_shardings(logical_tree, tree, mesh)
-    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, s), tree, shardings)
 
 
 def to_host(x: Any) -> np.ndarray:

@@ -64,7 +64,7 @@ def test_trained_checkpoint_to_hf(hf_model, tmp_path, capsys):
     import optax
 
     from e1jax.models.hf import load_model
-    from e1jax.rl.checkpoint import CheckpointStore, model_meta
+    from e1jax.checkpoints import CheckpointStore, model_meta
 
     base, _ = hf_model
     config, params = load_model(base)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from e1jax.__main__ import main
-from e1jax.eval import evaluate, summarize
-from e1jax.eval.runner import EvalSettings, run_evaluation
+from e1jax.rewards.types import GradeResult
+from e1jax.eval import EvalSettings, Evaluation, summarize
 from e1jax.rewards.math import grade_math
-from e1jax.sampling import SamplingParams
+from e1jax.task import RewardSpec, Task
 from e1jax.toy.task import ToyTaskConfig, generate_problems
 from e1jax.toy.tokenizer import save_toy_tokenizer
 from hf_fixtures import make_hf_model
@@ -137,8 +137,13 @@ def test_interrupted_run_resumes_to_identical_results(env, cli_run, tmp_path):
     datasets = dict(resolve_dataset(env["data"][name]) for name in ("sums", "more"))
     settings = EvalSettings(mode="both", think_budgets=BUDGETS, solution_budget=SOLUTION, max_new_tokens=MAX_NEW, n=N,
                             temperature=1.0, top_p=0.95, seed=3)
-    kwargs = dict(batch_size=2, model_name="model", progress=False,
-                  identity={"model_path": str(env["model"].resolve()), "dtype": "float32"})
+    task = Task(tokenizer)
+    identity = {"model_path": str(env["model"].resolve()), "dtype": "float32"}
+
+    def evaluation(out_dir, **kwargs):
+        return Evaluation(task, datasets, settings, model_config=config, batch_size=2, out_dir=out_dir,
+                          model_name="model", identity=identity)
+
     out = tmp_path / "resumed"
     chunks = []
 
@@ -147,7 +152,7 @@ def test_interrupted_run_resumes_to_identical_results(env, cli_run, tmp_path):
         raise RuntimeError("simulated interruption")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        run_evaluation(config, params, tokenizer, datasets, settings, out_dir=out, on_chunk=stop_after_first, **kwargs)
+        evaluation(out).run(config, params, progress=False, on_chunk=stop_after_first)
     assert chunks == [{"kind": "sweep", "dataset": "sums", "problem_ids": [0, 1]}]
     assert not (out / "results.json").exists()
     assert len(read_samples(out)) == 2 * N * len(BUDGETS)
@@ -155,7 +160,7 @@ def test_interrupted_run_resumes_to_identical_results(env, cli_run, tmp_path):
         f.write('{"dataset": "sums", "problem_id": 2')
 
     resumed = []
-    results = run_evaluation(config, params, tokenizer, datasets, settings, out_dir=out, on_chunk=resumed.append, **kwargs)
+    results = evaluation(out).run(config, params, progress=False, on_chunk=resumed.append)
     # 2 passes x (sums: 2 chunks, more: 1 chunk), less the committed one
     assert len(resumed) == 5 and {"kind": "sweep", "dataset": "sums", "problem_ids": [0, 1]} not in resumed
     assert json.loads((out / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
@@ -164,58 +169,55 @@ def test_interrupted_run_resumes_to_identical_results(env, cli_run, tmp_path):
     assert sorted(read_samples(out), key=key) == sorted(read_samples(reference), key=key)
 
     again = []
-    run_evaluation(config, params, tokenizer, datasets, settings, out_dir=out, on_chunk=again.append, **kwargs)
+    evaluation(out).run(config, params, progress=False, on_chunk=again.append)
     assert again == [] and json.loads((out / "results.json").read_text()) == results
 
     # in memory: no files, the same numbers, samples independent of the chunk size
-    in_memory = evaluate(config, params, tokenizer, {"sums": datasets["sums"]}, think_budgets=BUDGETS,
-                         solution_budget=SOLUTION, n=N, sampling=SamplingParams(1.0, 0.95), seed=3, batch_size=1,
-                         progress=False, keep_samples=True)
+    elastic = EvalSettings(think_budgets=BUDGETS, solution_budget=SOLUTION, n=N, temperature=1.0, top_p=0.95, seed=3)
+    in_memory = Evaluation(task, {"sums": datasets["sums"]}, elastic, model_config=config, batch_size=1).run(
+        config, params, progress=False, keep_samples=True)
     assert in_memory["datasets"]["sums"]["budgets"] == {k: v for k, v in results["datasets"]["sums"]["budgets"].items() if k != "plain"}
     ref = {key(s): s["token_ids"] for s in read_samples(reference) if s["dataset"] == "sums" and s["budget"] != "plain"}
     assert {key(s): s["token_ids"] for s in in_memory["samples"]} == ref
 
 
-def test_reward_fn_replaces_the_graders(env):
-    """A custom reward_fn(responses, records) grades every sample (as the trainer's custom rewards
-    do); the metrics follow its verdicts, and a wrong number of grades is refused."""
+def digits_reward(responses, records):
+    """A custom reward: the number of digits in the response."""
+    return [GradeResult(float(sum(c.isdigit() for c in text)), sum(c.isdigit() for c in text) >= 2, None, "digits")
+            for text in responses]
+
+
+def test_the_task_s_reward_grades_every_sample(env):
+    """The task's custom reward grades every sample (as a trainer's custom reward does); the
+    metrics follow its verdicts, the samples are the default graders' samples, and the reward
+    is part of what must match to resume."""
     from e1jax.data.registry import resolve_dataset
     from e1jax.errors import E1Error
     from e1jax.models.hf import load_model
-    from e1jax.rewards.types import GradeResult
     from e1jax.tokenizer import Tokenizer
 
     config, params = load_model(env["model"], param_dtype="float32", dtype="float32")
     tokenizer = Tokenizer.load(env["model"])
     datasets = dict([resolve_dataset(env["data"]["sums"])])
-    seen = []
+    settings = EvalSettings(think_budgets=BUDGETS, solution_budget=SOLUTION, n=N, temperature=1.0, top_p=0.95, seed=3)
 
-    def digits(responses, records):
-        seen.extend(r["ground_truth"] for r in records)
-        return [GradeResult(float(sum(c.isdigit() for c in text)), sum(c.isdigit() for c in text) >= 2, None, "digits")
-                for text in responses]
+    def evaluate(task, out_dir=None):
+        return Evaluation(task, datasets, settings, model_config=config, batch_size=2, out_dir=out_dir).run(
+            config, params, progress=False, keep_samples=True)
 
-    kwargs = dict(think_budgets=BUDGETS, solution_budget=SOLUTION, n=N, sampling=SamplingParams(1.0, 0.95), seed=3,
-                  batch_size=2, progress=False, keep_samples=True)
-    results = evaluate(config, params, tokenizer, datasets, reward_fn=digits, **kwargs)
+    custom = Task(tokenizer, reward=RewardSpec(kind="test_eval:digits_reward"))
+    results = evaluate(custom, env["root"] / "digits")
     samples = results["samples"]
-    assert len(samples) == 3 * N * len(BUDGETS) and len(seen) == len(samples)
-    truths = [r["ground_truth"] for r in datasets["sums"]]
-    assert sorted(seen) == sorted(truths[s["problem_id"]] for s in samples)  # each sample's own record
+    assert len(samples) == 3 * N * len(BUDGETS)
     for s in samples:
         count = sum(c.isdigit() for c in s["response"])
         assert (s["reward"], s["correct"], s["reason"]) == (float(count), count >= 2, "digits")
     assert results["datasets"]["sums"]["budgets"] == summarize(samples)["datasets"]["sums"]["budgets"]
-    # the same samples as with the default graders: only the grades differ
-    default = evaluate(config, params, tokenizer, datasets, **kwargs)
+    default = evaluate(Task(tokenizer))
     assert [s["token_ids"] for s in default["samples"]] == [s["token_ids"] for s in samples]
     assert {s["reason"] for s in default["samples"]} != {"digits"}
-
-    def one_short(responses, records):
-        return digits(responses[1:], records[1:])
-
-    with pytest.raises(E1Error, match=f"returned {2 * N * len(BUDGETS) - 1} grades"):
-        evaluate(config, params, tokenizer, datasets, reward_fn=one_short, **kwargs)
+    with pytest.raises(E1Error, match="different settings.*reward.kind"):
+        evaluate(Task(tokenizer), env["root"] / "digits")
 
 
 def test_rerun_with_other_settings_is_refused(env, cli_run):
@@ -242,14 +244,16 @@ def bad_rows(env):
     (["--data", "nosuch"], "unknown dataset 'nosuch'"),
     (["--data", "missing/none.jsonl"], "dataset file not found"),
     (["--data", "BAD"], "bad.jsonl line 2: missing field 'answer'"),
-    (["--think-budgets", "0,4"], "--think-budgets must be positive"),
+    (["--think-budgets", "0,4"], "thinking budgets must be positive, got 0"),
+    (["--think-budgets", "4,x"], "--think-budgets must be comma-separated integers"),
     (["--think-budgets", "4,60"], "exceed the model's context of 64"),
     (["--mode", "plain", "--max-new-tokens", "100"], "exceed the model's context of 64"),
     (["--top-p", "1.5"], "top-p must be in (0, 1]"),
     (["--top-p", "0"], "top-p must be in (0, 1]"),
-    (["--solution-budget", "0"], "--solution-budget must be positive"),
-    (["--mode", "plain"], "needs --max-new-tokens"),
-    (["--n", "0"], "--n must be positive"),
+    (["--solution-budget", "0"], "the solution budget must be positive"),
+    (["--mode", "plain"], "mode plain needs max_new_tokens"),
+    (["--n", "0"], "n must be at least 1"),
+    (["--grade-workers", "-1"], "reward workers must be >= 0"),
 ])
 def test_cli_errors_are_one_line(env, bad_rows, tmp_path, args, message):
     base = {"--data": str(env["data"]["sums"]), "--think-budgets": "4,8", "--solution-budget": "4", "--n": "2"}

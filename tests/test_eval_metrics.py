@@ -187,28 +187,3 @@ def test_store_commits_resumes_and_refuses_other_settings(tmp_path):
     (out / "samples.jsonl").write_text("")
     with pytest.raises(E1Error, match="shorter than state.json"):
         RunStore.open(out, fp)
-
-
-def test_code_records_get_the_bare_problem_and_the_code_grader(tmp_path):
-    from e1jax.eval.runner import grade_samples, prepare_datasets
-    from e1jax.tokenizer import Tokenizer
-    from e1jax.toy.tokenizer import save_toy_tokenizer
-
-    save_toy_tokenizer(tmp_path)
-    tok = Tokenizer.load(tmp_path)
-    tests = [{"input": "1 2\n", "output": "3\n"}, {"input": "4 5\n", "output": "9\n"}]
-    records = [{"problem": "Sum mod 10: a1 b2", "ground_truth": "3", "ability": "math"},
-               {"problem": "Sum mod 10: a1 b2", "ground_truth": tests, "ability": "code"}]
-    (d,) = prepare_datasets(tok, {"mixed": records}, EvalSettings())
-    assert d.prompts[0] == tok.encode_prompt(records[0]["problem"])
-    assert d.prompts[1] == tok.encode_prompt(records[1]["problem"], e1_instruction=False) != d.prompts[0]
-
-    good = "</think>```python\na, b = map(int, input().split())\nprint(a + b)\n```"
-    wrong = "</think>```python\nprint(0)\n```"
-    samples = [{"problem_id": 0, "response": "</think>The answer is \\boxed{3}."},
-               {"problem_id": 1, "response": good}, {"problem_id": 1, "response": wrong},
-               {"problem_id": 1, "response": "no code"}]
-    grade_samples(samples, records, workers=2)
-    assert [(s["correct"], s["reason"]) for s in samples] == [
-        (True, "correct"), (True, "correct"), (False, "wrong_answer"), (False, "no_code")]
-    assert samples[0]["extracted"] == "3" and samples[1]["reward"] == 1.0

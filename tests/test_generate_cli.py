@@ -56,8 +56,8 @@ def test_generate_plain_mode_text_output(model_dir, capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--think-budget", "0"], "--think-budget must be positive"),
-        (["--solution-budget", "-1"], "--solution-budget must be positive"),
+        (["--think-budget", "0"], "thinking budget must be positive, got 0"),
+        (["--solution-budget", "-1"], "solution budget must be positive, got -1"),
         (["--think-budget", "200", "--solution-budget", "100"], "exceed the model's context"),
         (["--top-p", "1.5"], "top-p must be in (0, 1]"),
         (["--top-p", "0"], "top-p must be in (0, 1]"),

@@ -61,12 +61,12 @@ def test_no_require_think(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"response": "x", "ground_truth": "1"}\n{"response": "y", "ground_truth": \n', ":2: malformed JSON"),
-    ('{"response": "x", "ground_truth": "1"}\n\n{"response": "y"}\n', ":3: missing field 'ground_truth'"),
-    ('{"ground_truth": "1"}\n', ":1: missing field 'response'"),
-    ('[1, 2]\n', ":1: expected a JSON object"),
-    ('{"response": 5, "ground_truth": "1"}\n', ":1: 'response' must be a string"),
-    ('{"response": "x", "ground_truth": "1"}\n{"response": "x", "ground_truth": null}\n', ":2: ground truth is missing"),
+    ('{"response": "x", "ground_truth": "1"}\n{"response": "y", "ground_truth": \n', "line 2: not valid JSON"),
+    ('{"response": "x", "ground_truth": "1"}\n\n{"response": "y"}\n', "line 3: missing field 'ground_truth'"),
+    ('{"ground_truth": "1"}\n', "line 1: missing field 'response'"),
+    ('[1, 2]\n', "line 1: expected a JSON object"),
+    ('{"response": 5, "ground_truth": "1"}\n', "line 1: 'response' must be a string"),
+    ('{"response": "x", "ground_truth": "1"}\n{"response": "x", "ground_truth": null}\n', "line 2: ground truth is missing"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, content, message):
     source = tmp_path / "bad.jsonl"
@@ -85,23 +85,36 @@ def test_missing_input_file(tmp_path, capsys):
     assert err.startswith("e1jax grade: error: input file not found") and "nope.jsonl" in err
 
 
-def test_code_kind_requires_tests_field(tmp_path, capsys):
+def test_code_kind_reads_the_tests_from_ground_truth(tmp_path, capsys):
+    """One field for the reference of both kinds: forced code grading of a math answer finds no code."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"response": "x", "ground_truth": "1"}])
-    assert main(["grade", "--input", str(source), "--kind", "code"]) == 1
-    assert "missing field 'tests'" in capsys.readouterr().err
+    assert main(["grade", "--input", str(source), "--kind", "code"]) == 0
+    assert json.loads(capsys.readouterr().out)["reason"] == "no_code"
+
+
+def test_unknown_kind_is_one_line_error(tmp_path, capsys):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"response": "x", "ground_truth": "1"}])
+    assert main(["grade", "--input", str(source), "--kind", "poetry"]) == 1
+    assert "reward kind 'poetry' is not one of auto, math, code" in capsys.readouterr().err
 
 
 def test_code_kind_grades_with_grade_code(tmp_path, capsys):
     pytest.importorskip("e1jax.rewards.code")
     program = "</think>\n```python\nn = int(input())\nprint(n * 2)\n```"
     records = [
-        {"response": program, "tests": [{"input": "3\n", "output": "6\n"}, {"input": "5\n", "output": "10\n"}]},
-        {"response": program, "tests": [{"input": "3\n", "output": "7\n"}]},
+        {"response": program, "ground_truth": [{"input": "3\n", "output": "6\n"}, {"input": "5\n", "output": "10\n"}]},
+        {"response": program, "ground_truth": [{"input": "3\n", "output": "7\n"}]},
+        {"response": "</think>\\boxed{3}", "ground_truth": "3", "ability": "math"},
     ]
     source = write_jsonl(tmp_path / "in.jsonl", records)
     assert main(["grade", "--input", str(source), "--kind", "code"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["reason"] for row in rows] == ["correct", "wrong_answer", "no_code"]
+    records = [{**r, "ability": "code"} for r in records[:2]] + records[2:]
+    source = write_jsonl(tmp_path / "mixed.jsonl", records)
+    assert main(["grade", "--input", str(source)]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
-    assert [row["correct"] for row in rows] == [True, False]
-    assert [row["reward"] for row in rows] == [1.0, 0.0]
-    assert "graded 2 (code): accuracy 0.5000 (1/2)" in captured.err
+    assert [row["correct"] for row in rows] == [True, False, True]
+    assert [row["reward"] for row in rows] == [1.0, 0.0, 1.0]
+    assert "graded 3 (code+math): accuracy 0.6667 (2/3)" in captured.err

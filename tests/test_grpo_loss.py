@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from e1jax.errors import E1Error
-from e1jax.rl.grpo import GRPOConfig, group_advantages, grpo_loss, response_loss_mask
+from e1jax.rl.config import GRPOConfig
+from e1jax.rl.grpo import group_advantages, grpo_loss, response_loss_mask
 
 
 # ---------------------------------------------------------------- references
@@ -269,11 +270,10 @@ def test_forced_tokens_in_and_out_of_the_loss():
         assert (grad[0, 3] != 0) == train_forced
 
 
-def test_original_compat_and_validation():
-    cfg = GRPOConfig.original_compat()
-    assert cfg.train_forced_tokens and cfg.unclipped_objective
-    assert cfg.clip_low == 0.2 and cfg.kl_coef == 0.001
-    assert GRPOConfig.original_compat(kl_coef=0.0).kl_coef == 0.0
+def test_grpo_config_defaults_and_validation():
+    # the original's quirks are off unless compat.original_compat (TrainConfig.effective) turns them on
     assert not GRPOConfig().train_forced_tokens and not GRPOConfig().unclipped_objective
     with pytest.raises(E1Error):
         GRPOConfig(temperature=0.0)
+    with pytest.raises(E1Error):
+        GRPOConfig(clip_low=-0.1)

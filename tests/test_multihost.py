@@ -165,7 +165,7 @@ def restore_params(checkpoint_dir: Path, step: int):
     import jax
 
     from e1jax.models.params import abstract_params
-    from e1jax.rl.checkpoint import CheckpointStore, model_config_from_meta
+    from e1jax.checkpoints import CheckpointStore, model_config_from_meta
 
     with CheckpointStore(checkpoint_dir, read_only=True) as store:
         config = model_config_from_meta(store.restore_meta(step))

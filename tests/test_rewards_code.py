@@ -7,7 +7,6 @@ import json
 import pytest
 
 from e1jax.errors import E1Error
-from e1jax.rewards import grade
 from e1jax.rewards.code import (
     CodeTests,
     call_results_match,
@@ -206,10 +205,6 @@ def test_batch_grades_in_order_and_matches_single_grading():
     assert grade_code_batch([], []) == []
     with pytest.raises(E1Error):
         grade_code_batch(responses, tests[:2])
-
-
-def test_dispatch_through_rewards_grade():
-    assert grade("code", fenced("print(int(input()) ** 2)"), SQUARE_TESTS).correct
 
 
 def test_hostile_program_scores_zero_and_grader_survives():

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from e1jax.errors import E1Error
-from e1jax.rewards import grade
 from e1jax.rewards.math import (
     extract_boxed,
     grade_math,
@@ -310,13 +309,6 @@ def test_grade_math_batch_errors():
     with pytest.raises(E1Error, match="workers"):
         grade_math_batch(["a"], ["1"], workers=0)
     assert grade_math_batch([], []) == []
-
-
-def test_grade_dispatcher():
-    assert grade("math", answer("2"), 2.0).correct
-    assert grade("math", answer("2"), "3", timeout_s=2.0).reason == "mismatch"
-    with pytest.raises(E1Error, match="unknown reward kind"):
-        grade("poetry", "x", "y")
 
 
 # ------------------------------------------- the original's evaluation sets

@@ -8,20 +8,15 @@ import numpy as np
 import pytest
 
 from e1jax.errors import E1Error
+from e1jax.rl.config import RolloutSection
 from e1jax.rl.rollout import (
-    RolloutSettings,
     build_sequences,
-    load_callable,
-    make_reward_fn,
-    mini_batches,
-    prompt_width,
     rollout_metrics,
     run_rollout,
     step_seed,
 )
 
 PAD, EOS, CLOSE = 0, 1, 2
-IDS = SimpleNamespace(think_close_ids=(CLOSE,), eos_ids=(EOS,), pad_id=PAD)
 
 
 def fake_generation(responses: list[list[int]], forced_at: dict[int, int], n: int, logprob: float = -0.5):
@@ -53,8 +48,17 @@ FORCED = {2: 3}
 TEXT = {5: "a", 6: "b", 7: "\\boxed{3}", 8: "\\boxed{4}", 9: "c", CLOSE: "</think>", EOS: "<eos>"}
 
 
-def decode(ids: list[int]) -> str:
-    return "".join(TEXT[i] for i in ids)
+class FakeTokenizer:
+    think_close_id, eos_ids, pad_id = CLOSE, (EOS,), PAD
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(TEXT[i] for i in ids)
+
+
+def task(reward_kind: str = "math"):
+    from e1jax.task import RewardSpec, Task
+
+    return Task(FakeTokenizer(), reward=RewardSpec(kind=reward_kind, workers=1))
 
 
 def test_step_seed_is_a_function_of_seed_and_step():
@@ -62,10 +66,6 @@ def test_step_seed_is_a_function_of_seed_and_step():
     seeds = {step_seed(0, s) for s in range(1, 200)} | {step_seed(1, 1)} | {step_seed(0, 1, stream=1)}
     assert len(seeds) == 201
     assert all(0 <= s < 2**31 for s in seeds)
-
-
-def test_prompt_width_buckets():
-    assert [prompt_width(n) for n in (1, 16, 17, 100, 1024)] == [16, 16, 32, 128, 1024]
 
 
 def _rollout(generation, reward_kind="math", seed=7):
@@ -77,9 +77,9 @@ def _rollout(generation, reward_kind="math", seed=7):
 
     records = [{"id": 0, "prompt_ids": [3, 4, 5], "ground_truth": "3"},
                {"id": 1, "prompt_ids": [4], "ground_truth": "3"}]
-    settings = RolloutSettings(n=2, think_budget=3, solution_budget=2, temperature=0.6, top_p=1.0)
-    result = run_rollout(None, None, records, settings=settings, ids=IDS, decode=decode,
-                         reward_fn=make_reward_fn(reward_kind, workers=1), seed=seed, generate_fn=generate_fn)
+    settings = RolloutSection(n=2, think_budget=3, solution_budget=2, temperature=0.6, top_p=1.0)
+    result = run_rollout(None, None, records, settings=settings, task=task(reward_kind), seed=seed,
+                         generate_fn=generate_fn)
     return result, calls
 
 
@@ -133,39 +133,6 @@ def test_sequence_layout_and_loss_mask():
     # the sampler's log-probs sit where the loss mask is
     assert (seqs.sampler_logp[seqs.loss_mask] == -0.5).all() and (seqs.sampler_logp[~seqs.loss_mask] == 0).all()
     np.testing.assert_array_equal(seqs.advantages, result.advantages)
-
-
-def test_mini_batches_are_consecutive_prompt_groups():
-    result, _ = _rollout(fake_generation(RESPONSES, FORCED, n=2))
-    seqs = build_sequences(result, pad_id=PAD)
-    parts = mini_batches(seqs, 1, 2)
-    assert len(parts) == 2
-    np.testing.assert_array_equal(parts[1].tokens, seqs.tokens[2:4])
-    np.testing.assert_array_equal(parts[0].advantages, seqs.advantages[:2])
-    with pytest.raises(E1Error, match="mini-batches"):
-        mini_batches(seqs, 3, 2)
-
-
-def test_custom_reward_callable():
-    fn = make_reward_fn("test_trainer_support:binary_reward_fn")
-    grades = fn(["x</think>12", "x</think>1", "12"], [{}, {}, {}])
-    assert [g.reward for g in grades] == [1.0, 0.0, 0.0]
-    assert [g.correct for g in grades] == [True, False, False]
-    partial = make_reward_fn("test_trainer_support:reward_fn")(["a1", "11"], [{}, {}])
-    assert [g.reward for g in partial] == [0.5, 1.0] and [g.correct for g in partial] == [False, True]
-
-
-def test_bad_reward_paths_are_refused():
-    with pytest.raises(E1Error, match="cannot import"):
-        load_callable("no_such_module_e1:fn")
-    with pytest.raises(E1Error, match="no attribute"):
-        load_callable("test_trainer_support:missing")
-    with pytest.raises(E1Error, match="expected a number"):
-        make_reward_fn("test_rollout:_bad_reward")(["a"], [{}])
-
-
-def _bad_reward(responses, records):
-    return ["nope" for _ in responses]
 
 
 def test_sampler_returning_the_wrong_count_is_refused():

@@ -8,7 +8,7 @@ from e1jax.errors import E1Error
 from e1jax.models import ModelConfig
 from e1jax.models.params import init_params
 from e1jax.models.scoring import next_token_logprobs
-from e1jax.sampling import SamplingParams, SpecialIds, budget_sweep, generate
+from e1jax.sampling import SamplingParams, SpecialIds, budget_sweep, check_context, generate, prompt_bucket
 import importlib  # noqa: E402
 
 generate_module = importlib.import_module("e1jax.sampling.generate")
@@ -255,3 +255,67 @@ def test_bad_top_p_refused():
     for value in (0.0, 1.5):
         with pytest.raises(E1Error, match="top-p"):
             SamplingParams(0.6, top_p=value)
+
+
+def test_prompt_bucket_is_a_power_of_two_of_at_least_16():
+    assert [prompt_bucket(n) for n in (0, 1, 16, 17, 100, 1024)] == [16, 16, 16, 32, 128, 1024]
+
+
+# MODEL: vocabulary 64, context 512
+@pytest.mark.parametrize(
+    "prompts,kwargs,message",
+    [
+        ([], dict(think_budget=4, solution_budget=4), "no prompts given"),
+        ([[6, 7], []], dict(think_budget=4, solution_budget=4), "^prompt 1 is empty$"),
+        ([[6] * 9, [7] * 2, [8] * 10], dict(think_budget=4, solution_budget=4, max_prompt_len=8),
+         r"^prompt 0 is 9 tokens, longer than the limit 8 \(2 of the 3 prompts are\)$"),
+        ([[6] * 600], dict(think_budget=4, solution_budget=4), "prompt 0 is 600 tokens, longer than the limit 512"),
+        ([[6, 64]], dict(think_budget=4, solution_budget=4), "prompt 0 has token id 64 outside the model's vocabulary .size 64."),
+        ([[-1, 6]], dict(max_new_tokens=4), "prompt 0 has token id -1 outside"),
+        ([[6] * 3, [7] * 10], dict(think_budget=400, solution_budget=102),
+         "^prompt 1 .10 tokens. . thinking budget 400 . close 1 . solution budget 102 = 513 tokens exceed the model's context of 512$"),
+        ([[6] * 3, [7] * 10], dict(think_budget=[500, 100], solution_budget=10),
+         "^prompt 0 .3 tokens. . thinking budget 500 . close 1 . solution budget 10 = 514 tokens exceed the model's context of 512$"),
+        ([[6] * 10], dict(max_new_tokens=503), "^prompt 0 .10 tokens. . max new tokens 503 = 513 tokens exceed the model's context of 512$"),
+        ([[6] * 10], dict(think_budget=0, solution_budget=5), "thinking budget must be positive, got 0"),
+        ([[6] * 10], dict(think_budget=[4, 4], solution_budget=5), "thinking budget must be one value or one per prompt .1."),
+        ([[6] * 10], dict(), "give a thinking budget .elastic. or max_new_tokens .plain."),
+    ],
+)
+def test_check_context_refusals(prompts, kwargs, message):
+    with pytest.raises(E1Error, match=message):
+        check_context(MODEL, prompts, ids=IDS, **kwargs)
+
+
+def test_check_context_accepts_what_fits():
+    check_context(MODEL, [[6] * 10, [7] * 3], ids=IDS, think_budget=[400, 407], solution_budget=100)  # 511, 511
+    check_context(MODEL, [[6] * 10], ids=IDS, max_new_tokens=502, max_prompt_len=10)
+    check_context(MODEL, longest_prompt=256, ids=IDS, think_budget=[128, 200], solution_budget=55)  # 256 + 200 + 1 + 55
+
+
+def test_check_context_counts_the_real_close_length():
+    prompt = [[6] * 10]
+    one, three = IDS, SpecialIds(think_close_ids=(CLOSE, 6, 7), eos_ids=(EOS,), pad_id=PAD)
+    check_context(MODEL, prompt, ids=one, think_budget=400, solution_budget=101)  # 10 + 400 + 1 + 101 = 512
+    with pytest.raises(E1Error, match="close 3 . solution budget 101 = 514 tokens exceed"):
+        check_context(MODEL, prompt, ids=three, think_budget=400, solution_budget=101)
+    with pytest.raises(E1Error, match="exceed"):  # and generate refuses the same request
+        generate(MODEL, None, prompt, ids=three, think_budget=400, solution_budget=101)
+
+
+def test_check_context_names_the_dataset_and_problem_or_the_training_setting():
+    with pytest.raises(E1Error, match="^dataset 'aime': problem 1 is empty$"):
+        check_context(MODEL, [[6], []], ids=IDS, think_budget=4, solution_budget=4, label="problem", where="dataset 'aime'")
+    with pytest.raises(E1Error, match="^dataset 'aime': problem 0 .3 tokens. . max new tokens 510 = 513 tokens exceed"):
+        check_context(MODEL, [[6] * 3], ids=IDS, max_new_tokens=510, label="problem", where="dataset 'aime'")
+    with pytest.raises(E1Error, match="^item #2 is empty$"):
+        check_context(MODEL, [[6], [6], []], ids=IDS, max_new_tokens=4, label=lambda i: f"item #{i}")
+    with pytest.raises(E1Error, match="^data.max_prompt_len with the rollout budgets: the longest prompt .300 tokens. . "
+                                      "thinking budget 200 . close 1 . solution budget 12 = 513 tokens exceed the model's context of 512$"):
+        check_context(MODEL, longest_prompt=300, ids=IDS, think_budget=200, solution_budget=12,
+                      where="data.max_prompt_len with the rollout budgets")
+
+
+def test_budget_sweep_checks_its_largest_budget():
+    with pytest.raises(E1Error, match="thinking budget 500 . close 1 . solution budget 9 = 513 tokens exceed"):
+        budget_sweep(MODEL, None, [[6, 7, 8]], ids=IDS, think_budgets=[4, 500], solution_budget=9)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from e1jax.rewards import sandbox
-from e1jax.rewards.sandbox import SandboxLimits, run_sandboxed, sandbox_info
+from e1jax.rewards.sandbox import SandboxLimits, launcher, linux, run_sandboxed, sandbox_info, uids
 
 IS_ROOT = os.geteuid() == 0
 FAST = SandboxLimits(time_s=2.0)
@@ -48,6 +48,36 @@ def _processes_with(marker: str) -> list[int]:
         if marker.encode() in cmdline:
             found.append(int(name))
     return found
+
+
+def _imported_modules(path: str) -> set[str]:
+    imported = set()
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            prefix = "." * node.level + (node.module + "." if node.module else "")
+            imported |= {prefix + alias.name for alias in node.names}
+    return imported
+
+
+@pytest.mark.parametrize("module", [launcher, linux], ids=lambda m: m.__name__)
+def test_child_side_imports_only_the_standard_library(module):
+    siblings = {"linux", "e1jax.rewards.sandbox.linux"} if module is launcher else set()
+    imported = _imported_modules(module.__file__) - siblings
+    outside = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
+    assert outside == set(), f"{module.__name__} runs in a bare interpreter but imports {sorted(outside)}"
+
+
+def test_launcher_loads_by_path_in_a_bare_interpreter():
+    check = (
+        "import runpy, sys\n"
+        f"runpy.run_path({launcher.__file__!r})\n"
+        "print(sorted({m for m in sys.modules if m.split('.')[0] not in sys.stdlib_module_names} - {'__main__'}))"
+    )
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", check], capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['linux']"
 
 
 def test_runs_a_program_with_stdin_and_argv():
@@ -135,7 +165,7 @@ while True:
     assert result.timed_out
     assert time.monotonic() - start < 5.0
     if result.isolation.uid is not None:
-        assert sandbox._live_pids_of_uid(result.isolation.uid) == []
+        assert uids.live_pids_of_uid(result.isolation.uid) == []
 
 
 def test_process_limit_binds_as_root():
@@ -158,7 +188,7 @@ print(children)
     assert 1 <= int(result.stdout) < limits.max_processes
     assert result.wall_s < 4.0  # the sleeping children did not keep the run alive
     if result.isolation.uid is not None:
-        assert sandbox._live_pids_of_uid(result.isolation.uid) == []
+        assert uids.live_pids_of_uid(result.isolation.uid) == []
 
 
 def test_memory_hog_gets_memory_error():

@@ -119,7 +119,7 @@ def test_text_mode_uses_e1_prompt_and_chat_template(capsys, with_tokenizer):
 
 def test_text_mode_without_chat_template_uses_prompt_as_is(capsys, with_tokenizer):
     model_dir, model, hf = with_tokenizer
-    result = run_json(capsys, "--model", model_dir, "--prompt", PROMPT, "--response", " 4", "--no-chat-template")
+    result = run_json(capsys, "--model", model_dir, "--prompt", PROMPT, "--response", " 4", "--no-chat-template", "--instruction", "never")
     prompt_ids, response_ids = hf.encode(PROMPT), hf.encode(" 4")
     assert result["response_ids"] == response_ids
     np.testing.assert_allclose(result["logprobs"], torch_response_logprobs(model, prompt_ids, response_ids), atol=1e-4, rtol=0)

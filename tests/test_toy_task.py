@@ -10,16 +10,11 @@ import pytest
 
 from e1jax.data.prompts import E1_INSTRUCTION, e1_user_message
 from e1jax.errors import E1Error
-from e1jax.toy.task import (
-    LABELS,
-    ToyTaskConfig,
-    generate_problems,
-    prompt_text,
-    response_text,
-    sft_text,
-    trace_style,
-)
-from e1jax.toy.tokenizer import build_toy_tokenizer, render_chat_prompt, save_toy_tokenizer
+from e1jax.tokenizer import Tokenizer
+from e1jax.toy.sft import encode_examples
+from e1jax.toy.task import ToyTaskConfig, generate_problems, response_text, trace_style
+from e1jax.toy.tokenizer import build_toy_tokenizer, save_toy_tokenizer
+from e1jax.toy.vocab import LABELS
 
 CONFIG = ToyTaskConfig()
 
@@ -32,6 +27,11 @@ def records() -> list[dict]:
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_toy_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def e1_tokenizer(tokenizer):
+    return Tokenizer.from_hf(tokenizer)
 
 
 def _parse_problem(problem: str) -> list[int]:
@@ -135,13 +135,20 @@ def test_trace_style_reads_the_first_step(records):
     assert trace_style("b3=3") is None
 
 
-def test_sft_text_renders_prompt_and_response(records):
+def test_sft_examples_are_the_chat_template_conversation(records, tokenizer, e1_tokenizer):
     r = next(x for x in records if x["sft_style"] == "concise")
-    prompt, response = sft_text(r)
-    assert prompt == render_chat_prompt(e1_user_message(r["problem"])) == prompt_text(r)
-    assert prompt.endswith("<think>") and E1_INSTRUCTION in prompt
-    assert response == r["thinking_concise"] + "</think>" + r["solution"]
-    assert sft_text(r, "verbose")[1] == r["thinking_verbose"] + "</think>" + r["solution"]
+    prompt = e1_tokenizer.prompt_text(r["problem"])
+    assert prompt == "<|User|>" + e1_user_message(r["problem"]) + "<|Assistant|><think>"
+    assert E1_INSTRUCTION in prompt
+    assert response_text(r) == r["thinking_concise"] + "</think>" + r["solution"]
+    assert response_text(r, "verbose") == r["thinking_verbose"] + "</think>" + r["solution"]
+    messages = [{"role": "user", "content": e1_user_message(r["problem"])}]
+    for style in ("verbose", "concise"):
+        [(prompt_ids, response_ids)] = encode_examples([r], e1_tokenizer, style)
+        conversation = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": response_text(r, style)}], tokenize=False)
+        assert prompt_ids == _ids(tokenizer, prompt)
+        assert prompt_ids + response_ids == _ids(tokenizer, conversation)
 
 
 def test_rendered_responses_grade_with_the_math_reward(records):
@@ -166,10 +173,10 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_tokenizer_round_trips_every_task_text(records, tokenizer):
+def test_tokenizer_round_trips_every_task_text(records, tokenizer, e1_tokenizer):
     assert len(tokenizer) < 100
     for r in records[:300]:
-        prompt, _ = sft_text(r)
+        prompt = e1_tokenizer.prompt_text(r["problem"])
         for text in (prompt, r["problem"], r["thinking_verbose"], r["thinking_concise"], r["solution"]):
             ids = _ids(tokenizer, text)
             assert tokenizer.unk_token_id not in ids, text
@@ -202,7 +209,7 @@ def test_special_tokens(tokenizer):
     assert tokenizer.decode(_ids(tokenizer, text), skip_special_tokens=True) == text.removesuffix("<|endoftext|>")
 
 
-def test_saved_tokenizer_loads_with_autotokenizer_and_chat_template(tmp_path, records):
+def test_saved_tokenizer_loads_with_autotokenizer_and_chat_template(tmp_path, records, e1_tokenizer):
     transformers = pytest.importorskip("transformers")
     save_toy_tokenizer(tmp_path)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
@@ -210,7 +217,7 @@ def test_saved_tokenizer_loads_with_autotokenizer_and_chat_template(tmp_path, re
     user = e1_user_message(r["problem"])
     messages = [{"role": "user", "content": user}]
     rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert rendered == render_chat_prompt(user) == sft_text(r)[0]
+    assert rendered == e1_tokenizer.prompt_text(r["problem"])
     assert rendered.endswith("<think>")
     ids = tok.apply_chat_template(messages, add_generation_prompt=True)
     ids = ids["input_ids"] if not isinstance(ids, list) else ids
@@ -224,10 +231,10 @@ def test_saved_tokenizer_loads_with_autotokenizer_and_chat_template(tmp_path, re
     assert tok.eos_token_id == tok.pad_token_id == build_toy_tokenizer().eos_token_id
 
 
-def test_token_lengths(records, tokenizer):
+def test_token_lengths(records, tokenizer, e1_tokenizer):
     """The lengths the demo's budgets are sized for (printed with -s)."""
     lengths = {
-        "prompt": [len(_ids(tokenizer, sft_text(r)[0])) for r in records],
+        "prompt": [len(e1_tokenizer.encode_prompt(r["problem"])) for r in records],
         "verbose": [len(_ids(tokenizer, r["thinking_verbose"])) for r in records],
         "concise": [len(_ids(tokenizer, r["thinking_concise"])) for r in records],
         "solution": [len(_ids(tokenizer, r["solution"])) for r in records],

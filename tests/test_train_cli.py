@@ -80,6 +80,25 @@ def test_print_config_shows_the_effective_config(capsys):
     assert printed["optim"]["total_steps"] == 400
 
 
+def test_print_config_imports_no_jax():
+    """Loading and checking a recipe is jax-free: `python -m e1jax train --print-config`, run as
+    `-m` runs it, leaves no jax (nor flax, optax) module imported."""
+    code = ("import runpy, sys\n"
+            "sys.argv = ['e1jax', 'train', '--config', sys.argv[1], '--print-config']\n"
+            "try:\n"
+            "    runpy.run_module('e1jax', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exit:\n"
+            "    assert not exit.code, exit.code\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'optax'))\n"
+            "print('loaded:', loaded, file=sys.stderr)\n"
+            "assert not loaded, loaded\n")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "configs" / "e1_math_1.5b_1k_1k.yaml")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded: []" in result.stderr
+    assert yaml.safe_load(result.stdout)["optim"]["total_steps"] == 400
+
+
 def _env(cache_dir: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])

@@ -90,7 +90,7 @@ def test_trained_checkpoint_exports_to_hf(tiny, straight_run, tmp_path):
 
     from e1jax.__main__ import main
     from e1jax.models.hf import load_model
-    from e1jax.rl.checkpoint import CheckpointStore, abstract_like
+    from e1jax.checkpoints import CheckpointStore, abstract_like
 
     cfg, _ = straight_run
     assert main(["convert", "--from-orbax", str(cfg.checkpoint_dir), "--to-hf", str(tmp_path / "hf")]) == 0
@@ -157,11 +157,62 @@ def test_no_kl_keeps_no_reference_and_compat_trains_the_forced_close(tiny):
     assert eff.rollout.eos_in_thinking == "append_close"
     row = train(cfg, generate_fn=reference_generate).last_metrics
     assert "actor/kl" not in row  # no reference log-probs were computed
-    assert row["actor/clip_frac"] >= 0
     # validated by e1jax eval with its math grader (and its EOS rule, not the compat one):
     # the random model never writes a boxed answer
     assert row["val/toy/t2/avg_at_n"] == row["val/toy/t6/pass_at_n"] == 0.0
     assert 0 < row["val/toy/t6/mean_tokens"] <= 6 + 1 + 3
+
+
+def test_clip_fractions_of_a_known_off_policy_batch(tiny):
+    """A step's clip metrics, hand-computed: old log-probs shifted by 0.5 on a known set of
+    tokens put exactly those outside the clip range (ratio e^0.5 > 1 + clip_high where the
+    advantage is positive, e^-0.5 < 1 - clip_low where it is negative), through the trainer's
+    own step (placement, 2 mini-batches of 2 strided micro-batches, metric reduction); the
+    learning rate is 0, so the second mini-batch sees the same policy as the first."""
+    import jax
+    import numpy as np
+
+    from e1jax.models.hf import load_config, load_params
+    from e1jax.rl.batch import TrainBatch
+    from e1jax.rl.programs import step_programs
+    from e1jax.rl.update import init_train_state, step_batch, step_update
+    from e1jax.sharding import make_mesh
+
+    _, model, _ = tiny
+    cfg = _config(tiny, "clip", **{"batch.prompts_per_step": 8, "batch.mini_batch": 4, "batch.micro_batch": 8,
+                                   "optim.learning_rate": 0.0, "grpo.clip_high": 0.28}).effective()
+    config = load_config(model, param_dtype="float32", dtype="float32", remat="none")
+    programs = step_programs(cfg, config, make_mesh(cfg.mesh))
+    assert (programs.update_rows, programs.micro_batch) == (16, 8)
+    params = load_params(model, config, programs.mesh)
+    rng = np.random.default_rng(0)
+    rows, p_width, width = 32, 16, 8
+    lengths = rng.integers(1, width + 1, rows)
+    loss_mask = np.arange(width)[None, :] < lengths[:, None]
+    host = TrainBatch(tokens=rng.integers(3, config.vocab_size, (rows, p_width + width)).astype(np.int32),
+                      attention_mask=np.concatenate([np.ones((rows, p_width), bool), loss_mask], axis=1),
+                      loss_mask=loss_mask, advantages=np.tile(np.float32([1, -1, 0, -1, 1, 1, -1, 0]), rows // 8),
+                      sampler_logp=np.zeros((rows, width), np.float32))
+    batch = step_batch(programs, host, params, params)
+    sign = np.sign(host.advantages)[:, None]
+    shifted = rng.random((rows, width)) < 0.5
+    old = np.asarray(batch.old_logp) - 0.5 * sign * shifted  # ratio exp(logp - old) = e^(0.5 sign) there
+    batch = batch.replace(old_logp=jax.device_put(old.astype(np.float32), batch.old_logp.sharding))
+    _, m = step_update(programs, init_train_state(params, programs.optimizer), batch)
+
+    high = shifted & (sign > 0) & loss_mask
+    low = shifted & (sign < 0) & loss_mask
+    minis = [slice(start, start + 16) for start in (0, 16)]
+    expected_high = np.mean([high[r].sum() / loss_mask[r].sum() for r in minis])
+    expected_low = np.mean([low[r].sum() / loss_mask[r].sum() for r in minis])
+    assert expected_high > 0.1 and expected_low > 0.1  # both kinds of clipping happen
+    assert m["clip_frac_high"] == pytest.approx(expected_high, abs=1e-6)
+    assert m["clip_frac_low"] == pytest.approx(expected_low, abs=1e-6)
+    assert m["clip_frac"] == pytest.approx(expected_high + expected_low, abs=1e-6)
+    assert m["ratio_max"] == pytest.approx(np.exp(0.5), rel=1e-5)
+    assert m["ratio_min"] == pytest.approx(np.exp(-0.5), rel=1e-5)
+    assert m["num_tokens"] == np.mean([loss_mask[r].sum() for r in minis])
+    assert m["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the policy
 
 
 def test_effective_config_derives_temperature_and_schedule_length():
@@ -174,15 +225,15 @@ def test_effective_config_derives_temperature_and_schedule_length():
 
 
 def test_validation_rows_are_the_shared_evaluation(tiny, straight_run):
-    """Step 4's val/ metrics are exactly e1jax.eval.evaluate of the step-4 params (restored from
-    the checkpoint) with the step's validation seed, the run's grader and its sampling settings."""
-    from e1jax.eval import evaluate
+    """Step 4's val/ metrics are exactly an e1jax.eval Evaluation of the step-4 params (restored
+    from the checkpoint) with the step's validation seed, the run's grader and its sampling settings."""
+    from e1jax.eval import EvalSettings, Evaluation
     from e1jax.eval.metrics import AVERAGED
     from e1jax.models.hf import load_config, load_params
-    from e1jax.rl.checkpoint import CheckpointStore, abstract_like
-    from e1jax.rl.rollout import make_reward_fn, step_seed
-    from e1jax.rl.trainer import VALIDATION_STREAM, load_validation_sets, validation_metrics
-    from e1jax.sampling import SamplingParams
+    from e1jax.checkpoints import CheckpointStore, abstract_like
+    from e1jax.rl.rollout import step_seed
+    from e1jax.rl.trainer import make_task
+    from e1jax.rl.validation import VALIDATION_STREAM, load_validation_sets, validation_metrics, validation_task
     from e1jax.sharding import make_mesh
     from e1jax.tokenizer import Tokenizer
 
@@ -194,13 +245,14 @@ def test_validation_rows_are_the_shared_evaluation(tiny, straight_run):
     with CheckpointStore(cfg.checkpoint_dir, read_only=True) as store:
         params = store.restore(STEPS, params=abstract_like(load_params(model_dir, config, mesh)))["params"]
     tok = Tokenizer.load(model_dir)
-    sets = load_validation_sets(cfg, tok)
+    task = make_task(cfg, tok)
+    sets = load_validation_sets(cfg, task)
     assert list(sets) == ["toy"] and len(sets["toy"]) == v.max_problems
-    results = evaluate(config, params, tok, sets, think_budgets=v.think_budgets, solution_budget=v.solution_budget,
-                       n=v.n, sampling=SamplingParams(v.temperature, v.top_p),
-                       seed=step_seed(cfg.run.seed, STEPS, VALIDATION_STREAM), batch_size=len(sets["toy"]),
-                       mesh=mesh, max_prompt_len=cfg.data.max_prompt_len, progress=False,
-                       reward_fn=make_reward_fn(cfg.reward.kind), keep_samples=True)
+    settings = EvalSettings(think_budgets=v.think_budgets, solution_budget=v.solution_budget, n=v.n,
+                            temperature=v.temperature, top_p=v.top_p,
+                            seed=step_seed(cfg.run.seed, STEPS, VALIDATION_STREAM), max_prompt_len=cfg.data.max_prompt_len)
+    results = Evaluation(validation_task(cfg, task), sets, settings, model_config=config,
+                         batch_size=len(sets["toy"])).run(config, params, mesh=mesh, progress=False, keep_samples=True)
     row = read_metrics(result.out_dir)[STEPS - 1]
     val = {k: v for k, v in row.items() if k.startswith("val/")}
     assert val == validation_metrics(results)

@@ -11,17 +11,19 @@ from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import init_params
 from e1jax.models.scoring import next_token_logprobs
-from e1jax.rl.bench_update import bench_update
-from e1jax.rl.grpo import GRPOConfig, group_advantages, response_loss_mask
+from e1jax.bench.update import bench_update
+from e1jax.rl.batch import TrainBatch, shard_batch
+from e1jax.rl.config import GRPOConfig, OptimConfig
+from e1jax.rl.grpo import group_advantages, response_loss_mask
 from e1jax.rl.update import (
-    OptimConfig,
-    UpdateBatch,
+    METRIC_REDUCTION,
     compute_logprobs,
     init_train_state,
     make_optimizer,
     make_schedule,
     make_update_fn,
-    shard_batch,
+    mini_batches,
+    reduce_mini_batches,
     train_state_shardings,
 )
 from e1jax.sharding import make_mesh
@@ -58,7 +60,7 @@ def setup():
     tokens, attn, mask, adv = _host_batch()
     old = compute_logprobs(TINY, params, tokens, attn, GRPO.temperature, micro_batch=4, response_width=RESP_W)
     ref = old + 0.05 * jax.random.normal(jax.random.key(1), old.shape)  # a reference that differs a little
-    batch = UpdateBatch(
+    batch = TrainBatch(
         tokens=jnp.asarray(tokens), attention_mask=jnp.asarray(attn), loss_mask=jnp.asarray(mask),
         advantages=jnp.asarray(adv), old_logp=old, ref_logp=ref,
     )
@@ -126,6 +128,7 @@ def test_update_moves_logprobs_with_advantage_sign(setup):
     assert metrics["learning_rate"] == pytest.approx(1e-2)
     assert metrics["grad_norm"] > 0 and metrics["kl"] > 0 and metrics["entropy"] > 0
     assert int(state.step) == 1
+    assert set(metrics) <= set(METRIC_REDUCTION)  # every metric says how it reduces
 
 
 def test_micro_batch_accumulation_equals_one_big_batch(setup):
@@ -205,6 +208,32 @@ def test_kl_without_reference_is_an_error(setup):
     no_ref = batch.replace(ref_logp=None)
     with pytest.raises(E1Error):
         _step(_fresh(params), no_ref, micro=4)
+
+
+def test_mini_batches_are_consecutive_placed_prompt_groups(setup):
+    _, batch = setup
+    batch = batch.replace(sampler_logp=batch.old_logp)
+    mesh = make_mesh("data=2,fsdp=2,tensor=2")
+    placed = shard_batch(batch, mesh)
+    parts = mini_batches(placed, GROUP, mesh)
+    assert len(parts) == B // GROUP
+    for i, part in enumerate(parts):
+        rows = slice(i * GROUP, (i + 1) * GROUP)
+        for name in ("tokens", "attention_mask", "loss_mask", "advantages", "old_logp", "ref_logp"):
+            got, whole = getattr(part, name), getattr(placed, name)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(whole)[rows])
+            assert got.sharding.spec == whole.sharding.spec and not got.sharding.is_fully_replicated, name
+        assert part.sampler_logp is None  # the update does not read it
+    with pytest.raises(E1Error, match="mini-batches"):
+        mini_batches(placed, 3, mesh)
+
+
+def test_metrics_reduce_over_mini_batches_by_their_rule():
+    rows = [{"loss": np.float32(1.0), "ratio_max": 2.0, "ratio_min": 0.5, "num_tokens": 10.0},
+            {"loss": np.float32(4.0), "ratio_max": 1.5, "ratio_min": 0.25, "num_tokens": 20.0}]
+    assert reduce_mini_batches(rows) == {"loss": 2.5, "ratio_max": 2.0, "ratio_min": 0.25, "num_tokens": 15.0}
+    with pytest.raises(KeyError, match="METRIC_REDUCTION"):
+        reduce_mini_batches([{"made_up": 1.0}])
 
 
 def test_schedules():

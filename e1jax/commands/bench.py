@@ -6,11 +6,23 @@ import argparse
 import json
 import sys
 
-from e1jax.models.config import PRESETS, ModelConfig
+from e1jax.dtypes import AUTO, DTYPES
 
-TINY = ModelConfig("qwen2", 4096, 128, 512, 4, 4, 2, 32, max_position_embeddings=4096)
-# Large enough that a decode step reads weights more than KV cache: where sharing the thinking pays.
-SMALL = ModelConfig("qwen2", 32000, 512, 1408, 8, 8, 4, 64, max_position_embeddings=4096)
+
+def _models() -> tuple:
+    """(TINY, SMALL), built when used: registering the command (every CLI call) imports no jax."""
+    from e1jax.models.config import ModelConfig
+
+    tiny = ModelConfig("qwen2", 4096, 128, 512, 4, 4, 2, 32, max_position_embeddings=4096)
+    # Large enough that a decode step reads weights more than KV cache: where sharing the thinking pays.
+    small = ModelConfig("qwen2", 32000, 512, 1408, 8, 8, 4, 64, max_position_embeddings=4096)
+    return tiny, small
+
+
+def __getattr__(name: str):  # the module's TINY and SMALL
+    if name in ("TINY", "SMALL"):
+        return _models()[("TINY", "SMALL").index(name)]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(subparsers) -> None:
@@ -18,8 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="tiny model only, short runs (smoke test)")
     parser.add_argument("--no-peer", action="store_true", help="skip the transformers (PyTorch) runs")
-    parser.add_argument("--large", default="qwen2.5-0.5b", help=f"preset for the large decode case ({', '.join(PRESETS)})")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: float32 on CPU, bfloat16 on accelerators")
+    parser.add_argument("--large", default="qwen2.5-0.5b", help="preset for the large decode case (a name of e1jax.models.config.PRESETS)")
+    parser.add_argument("--dtype", choices=(AUTO,) + DTYPES, default=AUTO, help="auto: float32 on CPU, bfloat16 on accelerators")
     parser.add_argument("--large-batches", default="1,8")
     parser.add_argument("--tiny-batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -29,15 +41,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e1jax.errors import E1Error
+    from e1jax.models.config import PRESETS
+
+    TINY, SMALL = _models()  # noqa: N806
+    if not args.quick and args.large not in PRESETS:
+        raise E1Error(f"--large {args.large} is not one of {', '.join(PRESETS)}")
     from e1jax.bench.decode import decode_case, sweep_case
     from e1jax.bench.machine import machine_info, read_bandwidth
-    from e1jax.commands.common import default_dtype
+    from e1jax.dtypes import resolve_dtype
 
     def log(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
     skip = set(filter(None, args.skip.split(",")))
-    dtype = args.dtype or default_dtype()
+    dtype = resolve_dtype(args.dtype)
     peer = not args.no_peer
     result: dict = {"machine": machine_info()}
     bandwidth = read_bandwidth(1 << 28 if args.quick else 1 << 30)
@@ -65,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         log(json.dumps(result["sweep"]))
 
     if "update" not in skip:
-        from e1jax.rl.bench_update import bench_update
+        from e1jax.bench.update import bench_update
 
         name = "tiny" if args.quick else f"{args.large}-shape"
         config = (TINY if args.quick else PRESETS[args.large]).replace(param_dtype=dtype, dtype=dtype)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from e1jax.commands.common import add_model_args, load_model_from_args
+from e1jax.commands.common import add_model_args, add_prompt_args, load_for_inference, prompt_spec
 from e1jax.distributed import add_distributed_args, initialize_from_args, is_main_process
 from e1jax.errors import E1Error
 
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--close", default=None, help="text forced at the thinking budget (default: the single </think> token)")
     parser.add_argument("--eos-in-thinking", choices=("stop", "append_close"), default="stop",
                         help="EOS while thinking ends the sample (stop) or, as the original did, gets </think> appended")
-    parser.add_argument("--no-chat-template", action="store_true", help="use the prompt text as is, without E1 instruction or chat template")
+    add_prompt_args(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per sample per line")
     add_distributed_args(parser)
     parser.set_defaults(func=run)
@@ -61,38 +61,28 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from e1jax.models.hf import resolve_model_dir
-    from e1jax.sampling import SamplingParams, SpecialIds, generate
-    from e1jax.sharding import make_mesh
+    from e1jax.sampling import SamplingParams, generate
+    from e1jax.task import Task
     from e1jax.tokenizer import Tokenizer
 
     initialize_from_args(args)
     problems = read_prompts(args)
-    for name in ("think_budget", "solution_budget", "max_new_tokens", "n"):
-        if getattr(args, name) <= 0:
-            raise E1Error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.n <= 0:
+        raise E1Error(f"--n must be positive, got {args.n}")
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k)
     model_dir = resolve_model_dir(args.model)
-    tokenizer = Tokenizer.load(model_dir)
-    close_ids = (tokenizer.think_close_id,) if args.close is None else tuple(tokenizer.encode(args.close))
-    if not close_ids:
-        raise E1Error("--close tokenizes to nothing")
-    ids = SpecialIds(close_ids, tokenizer.eos_ids, tokenizer.pad_id, natural_close_id=tokenizer.think_close_id)
-    use_template = not args.no_chat_template
-    prompt_ids = [tokenizer.encode_prompt(p, chat_template=use_template, e1_instruction=use_template) for p in problems]
-    import jax
-
-    # One process per host: default to a data-parallel mesh over every device.
-    mesh = make_mesh(args.mesh) if args.mesh else (make_mesh("data=-1") if jax.process_count() > 1 else None)
-    config, params = load_model_from_args(argparse.Namespace(model=str(model_dir), dtype=args.dtype), mesh=mesh)
+    task = Task(Tokenizer.load(model_dir), prompt=prompt_spec(args), close=args.close)
+    prompt_ids = [task.prompt_for_text(p) for p in problems]
+    config, params, mesh = load_for_inference(argparse.Namespace(model=str(model_dir), dtype=args.dtype, mesh=args.mesh))
     out = generate(
-        config, params, prompt_ids, ids=ids, mode=args.mode, think_budget=args.think_budget,
+        config, params, prompt_ids, ids=task.special_ids, mode=args.mode, think_budget=args.think_budget,
         solution_budget=args.solution_budget, max_new_tokens=args.max_new_tokens, sampling=sampling,
         n=args.n, seed=args.seed, mesh=mesh, eos_in_thinking=args.eos_in_thinking, max_prompt_len=args.max_prompt_len,
     )
     if not is_main_process():
         return 0
     for row in range(len(out)):
-        record = sample_record(out, row, tokenizer, problems[out.prompt_index[row]], len(close_ids))
+        record = sample_record(out, row, task, problems[out.prompt_index[row]])
         if args.json:
             print(json.dumps(record, ensure_ascii=False))
         else:
@@ -103,16 +93,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def sample_record(out, row: int, tokenizer, prompt: str, close_len: int) -> dict:
+def sample_record(out, row: int, task, prompt: str) -> dict:
     ids = out.response_ids(row)
+    special = task.special_ids
+    decode = task.tokenizer.decode
     thinking = int(out.thinking_tokens[row])
-    closed = thinking < len(ids) and (out.forced[row, thinking] or ids[thinking] == tokenizer.think_close_id)
-    width = (close_len if out.forced[row, thinking] else 1) if closed else 0
+    closed = thinking < len(ids) and (out.forced[row, thinking] or ids[thinking] == special.natural_close)
+    width = (len(special.think_close_ids) if out.forced[row, thinking] else 1) if closed else 0
     return {
         "prompt": prompt,
-        "text": tokenizer.decode(ids),
-        "thinking": tokenizer.decode(ids[:thinking]),
-        "solution": tokenizer.decode(ids[thinking + width :]) if closed else "",
+        "text": decode(ids),
+        "thinking": decode(ids[:thinking]),
+        "solution": decode(ids[thinking + width :]) if closed else "",
         "token_ids": ids,
         "thinking_tokens": thinking,
         "solution_tokens": int(out.solution_tokens[row]),

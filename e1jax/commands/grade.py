@@ -1,4 +1,4 @@
-"""`e1jax grade`: grade responses from a JSONL file (math: ground_truth, code: tests)."""
+"""`e1jax grade`: grade responses from a JSONL file against each record's ground_truth (answer or tests)."""
 
 from __future__ import annotations
 
@@ -8,73 +8,55 @@ import json
 import sys
 from pathlib import Path
 
+from e1jax.commands.common import add_reward_args, reward_spec
 from e1jax.errors import E1Error
-
-_REFERENCE_FIELD = {"math": "ground_truth", "code": "tests"}
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "grade",
         help="grade responses in a JSONL file",
-        description="Each input line is a JSON object with 'response' and 'ground_truth' "
-        "(--kind math) or 'tests' (--kind code). Each output line is the input object plus "
-        "'reward', 'correct', 'extracted' and 'reason'; a summary goes to stderr.",
+        description="Each input line is a JSON object with 'response' and 'ground_truth' (the answer of a "
+        "math problem, the tests of a code problem), and optionally 'ability' (math or code). Each output line "
+        "is the input object plus 'reward', 'correct', 'extracted' and 'reason'; a summary goes to stderr.",
     )
     parser.add_argument("--input", required=True, help="JSONL file to grade")
-    parser.add_argument("--kind", choices=tuple(_REFERENCE_FIELD), default="math", help="reward kind (default: math)")
     parser.add_argument("--out", help="output JSONL file (default: stdout)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel math graders (default: CPU count, at most 16)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per symbolic math comparison (default: 5)")
+    add_reward_args(parser, "kind", "workers", "timeout")
     parser.add_argument("--no-require-think", action="store_true",
                         help="math: grade responses without </think> instead of scoring them as format errors")
     parser.set_defaults(func=run)
 
 
-def read_records(path: Path, reference_field: str) -> list[tuple[int, dict]]:
-    """(line number, JSON object) for each non-blank line, checked for 'response' and the reference field."""
+def read_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, JSON object) for each non-blank line, checked for 'response' and 'ground_truth'."""
+    from e1jax.data.readers import read_jsonl
+
     if not path.is_file():
         raise E1Error(f"input file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise E1Error(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise E1Error(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            for field in ("response", reference_field):
-                if field not in record:
-                    raise E1Error(f"{path}:{lineno}: missing field '{field}'")
-            if not isinstance(record["response"], str):
-                raise E1Error(f"{path}:{lineno}: 'response' must be a string")
-            records.append((lineno, record))
+    for record, where in read_jsonl(path):
+        if not isinstance(record, dict):
+            raise E1Error(f"{where}: expected a JSON object, got {type(record).__name__}")
+        for field in ("response", "ground_truth"):
+            if field not in record:
+                raise E1Error(f"{where}: missing field '{field}'")
+        if not isinstance(record["response"], str):
+            raise E1Error(f"{where}: 'response' must be a string")
+        records.append((where, record))
     return records
 
 
-def grade_records(numbered: list[tuple[int, dict]], args: argparse.Namespace, path: Path) -> list:
-    records = [record for _, record in numbered]
-    if args.kind == "math":
-        from e1jax.rewards.math import grade_math_batch, ground_truth_answers
+def check_math_truths(numbered: list[tuple[str, dict]], task) -> None:
+    """A malformed math ground truth names its line, before anything is graded."""
+    from e1jax.rewards.math import ground_truth_answers
 
-        for lineno, record in numbered:
+    for where, record in numbered:
+        if task.grader_of(record) == "math":
             try:
                 ground_truth_answers(record["ground_truth"])
             except E1Error as err:
-                raise E1Error(f"{path}:{lineno}: {err}") from None
-        return grade_math_batch(
-            [r["response"] for r in records],
-            [r["ground_truth"] for r in records],
-            workers=args.workers,
-            timeout_s=args.timeout,
-            require_think_close=not args.no_require_think,
-        )
-    from e1jax.rewards.code import grade_code
-
-    return [grade_code(r["response"], r["tests"]) for r in records]
+                raise E1Error(f"{where}: {err}") from None
 
 
 def summary(results: list, kind: str) -> str:
@@ -88,14 +70,14 @@ def summary(results: list, kind: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise E1Error(f"--workers must be at least 1, got {args.workers}")
-    if args.timeout <= 0:
-        raise E1Error(f"--timeout must be positive, got {args.timeout}")
+    from e1jax.task import Task
+
+    task = Task(reward=reward_spec(args, require_think_close=not args.no_require_think))
     path = Path(args.input)
-    numbered = read_records(path, _REFERENCE_FIELD[args.kind])
-    results = grade_records(numbered, args, path)
+    numbered = read_records(path)
+    check_math_truths(numbered, task)
     records = [record for _, record in numbered]
+    results = task.grade([r["response"] for r in records], records)
     lines = [json.dumps({**record, **result.to_dict()}, ensure_ascii=False) for record, result in zip(records, results)]
     text = "".join(line + "\n" for line in lines)
     if args.out:
@@ -105,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-    print(summary(results, args.kind), file=sys.stderr)
+    graders = "+".join(sorted({task.grader_of(r) for r in records})) or task.reward.kind
+    print(summary(results, graders), file=sys.stderr)
     return 0

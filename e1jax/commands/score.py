@@ -7,18 +7,18 @@ import json
 
 import numpy as np
 
-from e1jax.commands.common import add_model_args, load_model_from_args, parse_ids
+from e1jax.commands.common import add_model_args, add_prompt_args, load_model_from_args, parse_ids, prompt_spec
 from e1jax.errors import E1Error
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("score", help="log-probabilities of a response under a model")
     add_model_args(parser, mesh=False)
-    parser.add_argument("--prompt", help="prompt text (the E1 prompt and chat template are applied unless --no-chat-template)")
+    parser.add_argument("--prompt", help="problem text (made into the E1 prompt as --instruction and --no-chat-template say)")
     parser.add_argument("--response", help="response text")
     parser.add_argument("--prompt-ids", help="prompt token ids, comma separated (no tokenizer needed)")
     parser.add_argument("--response-ids", help="response token ids, comma separated")
-    parser.add_argument("--no-chat-template", action="store_true", help="use the prompt text as is")
+    add_prompt_args(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -31,7 +31,7 @@ def score_ids(config, params, prompt_ids: list[int], response_ids: list[int]) ->
 
     tokens = jnp.asarray([prompt_ids + response_ids], jnp.int32)
     mask = jnp.ones_like(tokens, bool)
-    # One compiled program instead of op-by-op dispatch (several times faster even for one call).
+    # One compiled program instead of op-by-op dispatch, even for one call.
     logp = jax.jit(next_token_logprobs, static_argnums=0)(config, params, tokens, mask)
     return np.asarray(logp[0, len(prompt_ids) - 1 :])
 
@@ -52,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.prompt is None or args.response is None:
             raise E1Error("--prompt and --response go together")
+        from e1jax.task import Task
         from e1jax.tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.load(model_dir)
-        use_template = not args.no_chat_template
-        prompt_ids = tokenizer.encode_prompt(args.prompt, chat_template=use_template, e1_instruction=use_template)
-        response_ids = tokenizer.encode(args.response)
+        task = Task(Tokenizer.load(model_dir), prompt=prompt_spec(args))
+        prompt_ids = task.prompt_for_text(args.prompt)
+        response_ids = task.tokenizer.encode(args.response)
         if not response_ids:
             raise E1Error("--response tokenizes to nothing")
     config, params = load_model_from_args(argparse.Namespace(model=str(model_dir), dtype=args.dtype))

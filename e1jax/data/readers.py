@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from e1jax.data.prompts import strip_e1_instruction
+from e1jax.brackets import matching_close
 from e1jax.errors import E1Error
 
 Record = dict[str, Any]
@@ -121,15 +122,8 @@ def last_boxed_content(text: str) -> str | None:
     open_at = text.find("{", start)
     if open_at < 0:
         return None
-    depth = 0
-    for i in range(open_at, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
-    return None
+    close = matching_close(text, open_at, "{}")
+    return text[open_at + 1 : close] if close >= 0 else None
 
 
 def _verl_row(row: Mapping[str, Any], index: int, data_source: str, where: str) -> Record:
@@ -189,7 +183,7 @@ def _raw_rows(path: Path) -> list[tuple[Any, str]]:
         rows = _load_json_list(path)
         return [(row, f"{path.name} row {i}") for i, row in enumerate(rows)]
     if suffix == ".jsonl":
-        return _load_jsonl(path)
+        return read_jsonl(path)
     if suffix == ".parquet":
         rows = _load_parquet(path)
         return [(row, f"{path.name} row {i}") for i, row in enumerate(rows)]
@@ -208,7 +202,8 @@ def _load_json_list(path: Path) -> list[Any]:
     return data
 
 
-def _load_jsonl(path: Path) -> list[tuple[Any, str]]:
+def read_jsonl(path: Path) -> list[tuple[Any, str]]:
+    """(row, "<file> line <k>") for each non-blank line of a JSON-lines file."""
     rows = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):

@@ -10,20 +10,20 @@ from e1jax.eval.report import (
     write_comparison_table,
     write_run_reports,
 )
-from e1jax.eval.runner import EvalSettings, evaluate, run_evaluation
+from e1jax.eval.runner import Evaluation
+from e1jax.eval.settings import EvalSettings
 
 __all__ = [
     "PLAIN",
     "EvalSettings",
+    "Evaluation",
     "budget_key",
     "cell_metrics",
     "combine_runs",
     "comparison_markdown",
-    "evaluate",
     "load_results",
     "merge_results",
     "plot_accuracy_vs_tokens",
-    "run_evaluation",
     "summarize",
     "write_comparison_table",
     "write_run_reports",

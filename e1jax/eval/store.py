@@ -79,10 +79,9 @@ def _write_atomic(path: Path, text: str) -> None:
 class RunStore:
     """samples.jsonl + state.json in `out_dir`; `done[kind][dataset]` is the set of finished problem ids."""
 
-    def __init__(self, out_dir: Path, fingerprint: dict, state: dict, writer: bool):
+    def __init__(self, out_dir: Path, fingerprint: dict, state: dict):
         self.out_dir = out_dir
         self.fingerprint = fingerprint
-        self.writer = writer
         self._state = state
         self.done: dict[str, dict[str, set[int]]] = {
             kind: {name: set(ids) for name, ids in per.items()} for kind, per in state["done"].items()
@@ -97,7 +96,7 @@ class RunStore:
         return self.out_dir / STATE_FILE
 
     @classmethod
-    def open(cls, out_dir: str | Path, fingerprint: dict, *, writer: bool = True) -> "RunStore":
+    def open(cls, out_dir: str | Path, fingerprint: dict) -> "RunStore":
         """Create `out_dir`, or reopen it when it was created with the same fingerprint."""
         out_dir = Path(out_dir)
         fingerprint = _jsonable(fingerprint)
@@ -115,17 +114,16 @@ class RunStore:
             if old != fingerprint:
                 raise E1Error(f"--out {out_dir} was created with different settings "
                               f"({describe_differences(old, fingerprint)}); use a fresh --out or the original settings")
-            store = cls(out_dir, fingerprint, state, writer)
+            store = cls(out_dir, fingerprint, state)
             store._recover()
             return store
         if samples_path.exists() or (out_dir / RESULTS_FILE).exists():
             raise E1Error(f"--out {out_dir} holds results without {STATE_FILE} (another run's output?); use a fresh --out")
         state = {"version": STATE_VERSION, "fingerprint": fingerprint, "done": {}, "samples_bytes": 0, "complete": False}
-        store = cls(out_dir, fingerprint, state, writer)
-        if writer:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            samples_path.touch()
-            store._save_state()
+        store = cls(out_dir, fingerprint, state)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        samples_path.touch()
+        store._save_state()
         return store
 
     def _recover(self) -> None:
@@ -134,7 +132,7 @@ class RunStore:
         if size < expected:
             raise E1Error(f"{self.samples_path} is shorter than {STATE_FILE} records ({max(size, 0)} < {expected} bytes); "
                           "use a fresh --out")
-        if size > expected and self.writer:
+        if size > expected:
             with self.samples_path.open("r+b") as handle:  # drop the samples of a chunk that was never committed
                 handle.truncate(expected)
                 handle.flush()
@@ -150,8 +148,6 @@ class RunStore:
     def commit(self, kind: str, dataset: str, problem_ids: Sequence[int], samples: Sequence[dict]) -> None:
         """Append `samples` durably, then mark `problem_ids` of (kind, dataset) done."""
         self.done.setdefault(kind, {}).setdefault(dataset, set()).update(int(i) for i in problem_ids)
-        if not self.writer:
-            return
         text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
         with self.samples_path.open("ab") as handle:
             handle.write(text.encode("utf-8"))
@@ -163,8 +159,7 @@ class RunStore:
 
     def mark_complete(self) -> None:
         self._state["complete"] = True
-        if self.writer:
-            self._save_state()
+        self._save_state()
 
     def iter_samples(self, fields: Sequence[str] | None = None) -> Iterator[dict]:
         """The committed samples, each cut down to `fields` when given."""
@@ -182,3 +177,30 @@ class RunStore:
                 except json.JSONDecodeError:
                     raise E1Error(f"{self.samples_path}:{number}: malformed JSON; use a fresh --out") from None
                 yield {k: sample[k] for k in fields} if fields else sample
+
+
+def agreed_done_flags(store: RunStore | None, failed: bool,
+                      keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str], list[bool]]:
+    """{(kind, dataset): done flag per problem} as process 0's store has them, on every process;
+    `keys` lists (kind, dataset name, number of problems).
+
+    Every process must sample the same chunks in the same order (the sampler's collectives
+    pair up across hosts), so the others take process 0's view of a resumed folder instead of
+    reading it themselves: no race with process 0 creating it, no shared filesystem needed.
+    `failed`: process 0 could not open the folder; the others stop too instead of waiting."""
+    import jax
+    import numpy as np
+
+    flags = np.array([int(failed)] + [int(store is not None and store.is_done(kind, name, i))
+                                      for kind, name, count in keys for i in range(count)], np.int32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flags = np.asarray(multihost_utils.broadcast_one_to_all(flags))
+    if flags[0] and jax.process_index() != 0:
+        raise E1Error("process 0 could not open the output folder (its error names the problem)")
+    done, start = {}, 1
+    for kind, name, count in keys:
+        done[kind, name] = [bool(f) for f in flags[start:start + count]]
+        start += count
+    return done

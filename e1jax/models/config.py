@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from e1jax.dtypes import check_dtype
 from e1jax.errors import E1Error
 from e1jax.models.attention import AttentionKernel, XlaAttention
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +41,7 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})"
             )
         for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise E1Error(f"{name} '{getattr(self, name)}' is not one of {', '.join(DTYPES)}")
+            check_dtype(getattr(self, name), name)
 
     @property
     def qkv_bias(self) -> bool:

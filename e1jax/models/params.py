@@ -152,7 +152,7 @@ def decode_layout(params: Params, platform: str | None = None) -> Params:
     with the layers unrolled: the decode step then reads each layer's weights and KV cache as
     arrays of their own (indexing stacked arrays with the layer of a scan makes XLA copy the
     layer's weights on CPU, its KV cache on TPU, at every step). On CPU the kernels are also
-    transposed to (out, in) (for up to 64 rows kernel (out, in) @ x^T runs 1.2-1.9x as fast as
+    transposed to (out, in) (for up to 64 rows kernel (out, in) @ x^T runs faster than
     x @ kernel (in, out)), and the per-layer arrays are views of one copy. Elsewhere one jitted
     copy into per-layer arrays. Callers that decode repeatedly with the same params convert once."""
     if is_unrolled(params):

@@ -30,7 +30,7 @@ from e1jax.sharding import constrain
 Cache = dict[str, jax.Array]
 
 # Keys are stored transposed: scores then come from one plain batched matmul q @ K^T, which
-# XLA:CPU runs 2-3x faster than contracting both operands' last dimension.
+# XLA:CPU runs faster than contracting both operands' last dimension.
 CACHE_LOGICAL_AXES = {
     "k": ("layers", "batch", "kv_heads", "head_dim", "cache_length"),
     "v": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
@@ -97,10 +97,10 @@ OUT_IN_ROWS = 128
 
 def dense(x: jax.Array, kernel: jax.Array, out_in: bool = False, preferred_element_type=None) -> jax.Array:
     """x (..., in) times a kernel (in, out), or (out, in) with `out_in`, as one 2-D matmul (XLA:CPU
-    runs dots with several contracting or free dimensions an order of magnitude slower).
+    runs dots with several contracting or free dimensions much slower).
 
     `out_in` computes kernel @ x^T for up to OUT_IN_ROWS rows: then XLA:CPU streams (out, in)
-    weights 1.2-1.9x faster than it multiplies by (in, out) ones (the barriers keep XLA from folding
+    weights faster than it multiplies by (in, out) ones (the barriers keep XLA from folding
     the transposes into the dot, which would swap its fast kernel for a slow generic one); for more
     rows (prefill) x @ kernel^T is as fast as x @ (in, out)."""
     lead = x.shape[:-1]

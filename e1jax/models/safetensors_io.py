@@ -14,6 +14,7 @@ from typing import Iterable
 import ml_dtypes
 import numpy as np
 
+from e1jax.dtypes import check_dtype
 from e1jax.errors import E1Error
 
 _DTYPES = {
@@ -97,10 +98,8 @@ def save_file(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict[s
 
 
 def dtype_from_name(name: str) -> np.dtype:
-    try:
-        return {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}[name]
-    except KeyError as err:
-        raise E1Error(f"dtype '{name}' is not one of float32, bfloat16, float16") from err
+    check_dtype(name)
+    return {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}[name]
 
 
 def shard_plan(sizes: Iterable[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:

@@ -24,6 +24,8 @@ from collections import Counter
 
 import numpy as np
 
+from e1jax.brackets import matching_close
+
 DTYPE_BYTES = {
     "pred": 1, "s2": 0.25, "u2": 0.25, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "s32": 4, "u32": 4,
     "s64": 8, "u64": 8, "f16": 2, "bf16": 2, "f32": 4, "f64": 8, "c64": 8, "c128": 16, "token": 0,
@@ -122,15 +124,10 @@ class Computation:
 
 def _balanced(text: str, start: int) -> int:
     """Index just past the parenthesised group opening at text[start]."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "(":
-            depth += 1
-        elif text[i] == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    raise ValueError(f"unbalanced parentheses in HLO line: {text[:200]}")
+    close = matching_close(text, start, "()")
+    if close < 0:
+        raise ValueError(f"unbalanced parentheses in HLO line: {text[:200]}")
+    return close + 1
 
 
 def _parse_instruction(line: str) -> Instruction | None:

@@ -21,14 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from e1jax.dtypes import resolve_dtype
 from e1jax.models.attention import attention_for
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import abstract_params
 from e1jax.plan.hlo_cost import analyze, collectives_summary
 from e1jax.plan.tpu import Chip, Slice
 from e1jax.rl.config import TrainConfig
+from e1jax.rl.batch import BATCH_LOGICAL_AXES, TrainBatch
 from e1jax.rl.programs import StepPrograms, StepShapes, check_context, placeholder_ids, step_programs
-from e1jax.rl.update import BATCH_LOGICAL_AXES, TrainState, UpdateBatch, train_state_shardings
+from e1jax.rl.update import TrainState, train_state_shardings
 from e1jax.sampling.generate import _generate_jit, abstract_generate_args
 from e1jax.sharding import activate, make_mesh, mesh_description, named_sharding
 
@@ -53,9 +55,8 @@ def per_device_bytes(tree: Any) -> int:
 def tpu_model_config(cfg: TrainConfig, model_config: ModelConfig) -> ModelConfig:
     """The model as `train` builds it on a TPU: the recipe's dtypes (auto compute = bf16),
     remat, and the TPU attention kernel."""
-    dtype = "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype
-    return model_config.replace(param_dtype=cfg.model.param_dtype, dtype=dtype, remat=cfg.model.remat,
-                                attention=attention_for("tpu"))
+    return model_config.replace(param_dtype=cfg.model.param_dtype, dtype=resolve_dtype(cfg.model.dtype, "tpu"),
+                                remat=cfg.model.remat, attention=attention_for("tpu"))
 
 
 @dataclasses.dataclass
@@ -177,8 +178,8 @@ def step_inputs(cfg: TrainConfig, programs: StepPrograms, shapes: StepShapes, id
               "old_logp": ((rows, width), jnp.float32), "ref_logp": ((rows, width), jnp.float32)}
     if not cfg.grpo.use_kl:
         fields.pop("ref_logp")
-    batch = UpdateBatch(**{name: _batch_arg(shape, dtype, getattr(BATCH_LOGICAL_AXES, name), mesh, f"update batch {name}")
-                           for name, (shape, dtype) in fields.items()})
+    batch = TrainBatch(**{name: _batch_arg(shape, dtype, getattr(BATCH_LOGICAL_AXES, name), mesh, f"update batch {name}")
+                          for name, (shape, dtype) in fields.items()})
     update = ProgramInputs(programs.update, (state, batch), {}, mesh)
     return {"rollout": rollout, "logprobs": logprobs, "update": update}
 
@@ -188,7 +189,7 @@ def plan_step(cfg: TrainConfig, model_config: ModelConfig, tpu: Slice, devices: 
     chip = tpu.chip
     mesh = make_mesh(cfg.mesh, devices)
     config = tpu_model_config(cfg, model_config)
-    check_context(cfg, config)
+    check_context(cfg, config, placeholder_ids())
     programs = step_programs(cfg, config, mesh, hbm_bytes=chip.hbm_bytes)
     ids = placeholder_ids()
     shapes = StepShapes.of(cfg, ids, programs.inference.mesh)

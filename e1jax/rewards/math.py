@@ -1,4 +1,4 @@
-"""Math reward: E1's rules (DESIGN.md §2).
+"""Math reward: E1's rules (the original's rllm/rewards/math_reward.py, with the differences below).
 
 No `</think>` in the response -> "format_error". Otherwise the last
 `\\boxed{...}` / `\\fbox{...}` after the last `</think>` is the answer (none

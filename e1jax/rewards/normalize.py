@@ -19,6 +19,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+from e1jax.brackets import matching_close
+
 # Longest numeral we turn into an exact number, and the largest decimal
 # exponent we expand: beyond these the text is compared as text.
 _MAX_NUMBER_CHARS = 200
@@ -57,16 +59,7 @@ _SLASH_RE = re.compile(r"^([+-]?\d+)/([+-]?\d+)$")
 
 def matching_brace(text: str, open_index: int) -> int:
     """Index of the `}` that closes the `{` at `open_index`, or -1."""
-    depth = 0
-    for i in range(open_index, len(text)):
-        char = text[i]
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
+    return matching_close(text, open_index, "{}")
 
 
 def _unwrap_commands(text: str) -> str:

@@ -4,7 +4,7 @@
 
 Unknown keys and ill-typed values are refused by `e1jax.config.load_config`
 (naming the key); the cross-field checks below run before anything starts.
-Defaults are the E1-Math-1.5B recipe (DESIGN.md §2).
+Defaults are the E1-Math-1.5B recipe (the original's scripts/e1-math/e1_math_1.5b_1k_1k.sh).
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ from pathlib import Path
 from typing import Literal
 
 from e1jax.config import load_config
+from e1jax.dtypes import check_dtype
 from e1jax.errors import E1Error
-from e1jax.rl.grpo import GRPOConfig
-from e1jax.rl.update import OptimConfig
-
-BUILTIN_REWARDS = ("math", "code")
+from e1jax.mesh_spec import DEFAULT_MESH
+from e1jax.task import RewardSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     path: str = ""  # Hugging Face directory or Hub id: the initial policy (and the KL reference)
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # compute; auto: float32 on CPU, else bfloat16
+    param_dtype: str = "float32"  # e1jax.dtypes.DTYPES
+    dtype: str = "auto"  # compute; auto: float32 on CPU, else bfloat16
     remat: Literal["none", "full", "dots"] = "full"
 
 
@@ -36,7 +35,9 @@ class DataSection:
     seed: int = 0  # shuffle seed of the prompt stream
     prompt_key: str = "problem"  # record field holding the problem text
     chat_template: bool = True
-    e1_instruction: bool = True  # append "Let's think step by step ... \boxed{}"
+    # the E1 instruction ("Let's think step by step ... \boxed{}") after the problem:
+    # auto: math problems get it, code problems do not; always; never
+    instruction: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,61 @@ class BatchSection:
     prompts_per_step: int = 128  # rollout batch, in prompts
     mini_batch: int = 64  # prompts per optimizer update (prompts_per_step / mini_batch updates per step)
     micro_batch: int = 0  # sequences per forward/backward pass; 0: the whole mini-batch at once
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """The GRPO objective (e1jax.rl.grpo.grpo_loss)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.001  # 0 -> no reference policy kept at all
+    kl_clamp: float = 10.0
+    entropy_coef: float = 0.001
+    temperature: float = 0.6  # rollout temperature; trainer logits are divided by it
+    adv_eps: float = 1e-6
+    # The original trains on the forced </think> as if the model had sampled it.
+    train_forced_tokens: bool = False
+    # The original's vendored verl computes the clipped PPO term, then averages the unclipped one.
+    unclipped_objective: bool = False
+
+    def __post_init__(self):
+        if self.clip_low < 0 or self.clip_high < 0:
+            raise E1Error(f"clip_low/clip_high must be >= 0, got {self.clip_low}/{self.clip_high}")
+        if self.temperature <= 0:
+            raise E1Error(f"GRPO temperature must be > 0 (it divides the logits), got {self.temperature}")
+        if self.kl_coef < 0 or self.kl_clamp <= 0:
+            raise E1Error(f"kl_coef must be >= 0 and kl_clamp > 0, got {self.kl_coef}/{self.kl_clamp}")
+
+    @property
+    def use_kl(self) -> bool:
+        return self.kl_coef > 0
+
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer (e1jax.rl.update.make_optimizer)."""
+
+    learning_rate: float = 1e-6
+    schedule: str = "constant"  # constant | cosine | linear (after warmup; cosine/linear decay to 0 at total_steps)
+    warmup_steps: int = 0
+    total_steps: int = 200
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clip; <= 0 disables
+    opt_state_dtype: str = "float32"  # Adam moments, whatever the params' dtype
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise E1Error(f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
+        check_dtype(self.opt_state_dtype, "opt_state_dtype")
+        if self.warmup_steps < 0 or self.total_steps < 1:
+            raise E1Error(f"warmup_steps must be >= 0 and total_steps >= 1, got {self.warmup_steps}/{self.total_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +155,6 @@ class RunSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardSection:
-    kind: str = "math"  # "math", "code", or a python callable "module:function"
-    workers: int = 0  # grading processes/threads; 0: one per CPU
-    timeout_s: float = 5.0  # per answer (math) / per test (code)
-
-
-@dataclasses.dataclass(frozen=True)
 class CompatSection:
     # The original's quirks: unclipped PPO objective, the forced </think> trained on,
     # EOS while thinking followed by an appended </think>.
@@ -120,10 +169,10 @@ class TrainConfig:
     grpo: GRPOConfig = GRPOConfig()  # temperature: always the rollout temperature (see effective())
     optim: OptimConfig = OptimConfig()  # total_steps: derived from run.steps (see effective())
     batch: BatchSection = BatchSection()
-    mesh: str = "fsdp=-1"  # e.g. "fsdp=-1", "data=2,fsdp=4", "fsdp=4,tensor=2"
+    mesh: str = DEFAULT_MESH  # e.g. "fsdp=-1", "data=2,fsdp=4", "fsdp=4,tensor=2"
     checkpoint: CheckpointSection = CheckpointSection()
     run: RunSection = RunSection()
-    reward: RewardSection = RewardSection()
+    reward: RewardSpec = RewardSpec()
     compat: CompatSection = CompatSection()
 
     def __post_init__(self):
@@ -157,6 +206,8 @@ def _require(condition: bool, message: str) -> None:
 
 def check_train_config(cfg: TrainConfig) -> None:
     b, r, v = cfg.batch, cfg.rollout, cfg.run.validation
+    check_dtype(cfg.model.param_dtype, "model.param_dtype")
+    check_dtype(cfg.model.dtype, "model.dtype", allow_auto=True)
     _require(b.prompts_per_step > 0, f"batch.prompts_per_step must be positive, got {b.prompts_per_step}")
     _require(b.mini_batch > 0 and b.prompts_per_step % b.mini_batch == 0,
              f"batch.mini_batch ({b.mini_batch}) must divide batch.prompts_per_step ({b.prompts_per_step})")
@@ -185,16 +236,6 @@ def check_train_config(cfg: TrainConfig) -> None:
     _require(v.temperature >= 0 and 0 < v.top_p <= 1,
              f"run.validation needs temperature >= 0 and top_p in (0, 1], got {v.temperature} and {v.top_p}")
     _require(v.max_problems >= 0, f"run.validation.max_problems must be >= 0, got {v.max_problems}")
-    kind = cfg.reward.kind
-    _require(kind in BUILTIN_REWARDS or _is_callable_path(kind),
-             f"reward.kind '{kind}' is not one of {', '.join(BUILTIN_REWARDS)} or a python callable 'module:function'")
-    _require(cfg.reward.workers >= 0, f"reward.workers must be >= 0, got {cfg.reward.workers}")
-
-
-def _is_callable_path(text: str) -> bool:
-    module, sep, name = text.partition(":")
-    return bool(sep and module and name and all(part.isidentifier() for part in module.split("."))
-                and all(part.isidentifier() for part in name.split(".")))
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None,

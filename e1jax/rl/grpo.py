@@ -6,53 +6,16 @@ runs inside the jitted update step.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from e1jax.errors import E1Error
+from e1jax.rl.config import GRPOConfig
 
 # log-ratios are clamped here before exp() so padding garbage or a wild policy cannot
 # produce inf/NaN; k3 is clamped to +-kl_clamp anyway, so its values are unchanged.
 _LOG_RATIO_LIMIT = 20.0
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOConfig:
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    kl_coef: float = 0.001  # 0 -> no reference policy kept at all
-    kl_clamp: float = 10.0
-    entropy_coef: float = 0.001
-    temperature: float = 0.6  # rollout temperature; trainer logits are divided by it
-    adv_eps: float = 1e-6
-    # The original trains on the forced </think> as if the model had sampled it.
-    train_forced_tokens: bool = False
-    # The original's vendored verl computes the clipped PPO term, then averages the unclipped one.
-    unclipped_objective: bool = False
-
-    def __post_init__(self):
-        if self.clip_low < 0 or self.clip_high < 0:
-            raise E1Error(f"clip_low/clip_high must be >= 0, got {self.clip_low}/{self.clip_high}")
-        if self.temperature <= 0:
-            raise E1Error(f"GRPO temperature must be > 0 (it divides the logits), got {self.temperature}")
-        if self.kl_coef < 0 or self.kl_clamp <= 0:
-            raise E1Error(f"kl_coef must be >= 0 and kl_clamp > 0, got {self.kl_coef}/{self.kl_clamp}")
-
-    @property
-    def use_kl(self) -> bool:
-        return self.kl_coef > 0
-
-    @classmethod
-    def original_compat(cls, **overrides: Any) -> "GRPOConfig":
-        """The original E1 recipe's behaviour, quirks included: the forced </think> is in
-        the loss mask, and the objective is the unclipped PPO term (-ratio * advantage)."""
-        values: dict[str, Any] = dict(train_forced_tokens=True, unclipped_objective=True)
-        values.update(overrides)
-        return cls(**values)
 
 
 def group_advantages(rewards: np.ndarray, group_size: int, eps: float = 1e-6) -> tuple[np.ndarray, dict[str, float]]:
@@ -137,7 +100,8 @@ def grpo_loss(
     logp/old_logp/ref_logp/entropy/loss_mask: (B, T); advantages: (B,) or (B, T).
     Every loss-like metric is a sum over the masked tokens divided by `num_tokens`, so
     summing them over micro-batches that share one `num_tokens` gives the mini-batch
-    value; `ratio_max`/`ratio_min` combine by max/min instead (-inf/+inf when empty).
+    value; `ratio_max`/`ratio_min` are -inf/+inf when no token is masked in. How each
+    metric combines over micro- and mini-batches: e1jax.rl.update.METRIC_REDUCTION.
     """
     mask = loss_mask.astype(bool)
     logp = logp.astype(jnp.float32)
@@ -185,6 +149,3 @@ def grpo_loss(
     metrics["loss"] = loss
     return loss, metrics
 
-
-MAX_METRICS = ("ratio_max",)
-MIN_METRICS = ("ratio_min",)

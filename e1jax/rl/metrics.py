@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,6 @@ def to_float(value: Any) -> float:
 def deterministic_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """A metrics row without wall-clock dependent keys (what must match after a resume)."""
     return {k: v for k, v in row.items() if not k.startswith(TIMING_PREFIXES)}
-
-
-def mean_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Key-wise mean over several metric dicts (e.g. the mini-batch updates of one step)."""
-    keys = dict.fromkeys(k for row in rows for k in row)
-    out = {}
-    for key in keys:
-        values = [to_float(row[key]) for row in rows if key in row]
-        out[key] = float(np.mean(values))
-    return out
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ m * n consecutive rows.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from e1jax.errors import E1Error
+from e1jax.rl.config import RolloutSection
 from e1jax.rewards.types import GradeResult
+from e1jax.rl.batch import TrainBatch
 from e1jax.rl.grpo import group_advantages, response_loss_mask
+from e1jax.sampling.prepare import prompt_bucket
 
 Record = dict[str, Any]
-# reward_fn(responses, records) -> one GradeResult per response
-RewardFn = Callable[[Sequence[str], Sequence[Record]], list[GradeResult]]
 GenerateFn = Callable[..., Any]
 
 
@@ -33,94 +33,7 @@ def step_seed(run_seed: int, step: int, stream: int = 0) -> int:
     return int(state[0] & 0x7FFFFFFF)
 
 
-def prompt_width(length: int) -> int:
-    """Prompt columns of the training sequences: a power of two (at least 16), so the
-    log-prob and update steps compile once per bucket rather than once per step."""
-    return max(16, 1 << (max(length, 1) - 1).bit_length())
-
-
-# ----------------------------------------------------------------- rewards
-
-
-def _as_grade(value: Any) -> GradeResult:
-    if isinstance(value, GradeResult):
-        return value
-    try:
-        reward = float(value)
-    except (TypeError, ValueError) as err:
-        raise E1Error(f"reward function returned {value!r}, expected a number or a GradeResult") from err
-    return GradeResult(reward, reward >= 1.0, None, "custom")
-
-
-def load_callable(path: str) -> Callable:
-    """'package.module:function' -> the function."""
-    module_name, _, attr = path.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as err:
-        raise E1Error(f"cannot import reward module '{module_name}': {err}") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise E1Error(f"reward module '{module_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise E1Error(f"reward '{path}' is not callable")
-    return obj
-
-
-def make_reward_fn(kind: str, *, workers: int = 0, timeout_s: float = 5.0) -> RewardFn:
-    """The grader of `reward.kind`.
-
-    "math": DESIGN §2 math reward (needs `</think>`; record["ground_truth"] is the answer).
-    "code": all tests in record["ground_truth"] must pass.
-    "module:function": function(responses, records) -> numbers or GradeResults;
-    a number r counts as correct when r >= 1.
-    """
-    workers_arg = workers or None
-    if kind == "math":
-        def math_fn(responses, records):
-            from e1jax.rewards.math import grade_math_batch
-
-            return grade_math_batch(responses, [r["ground_truth"] for r in records],
-                                    workers=workers_arg, timeout_s=timeout_s)
-
-        return math_fn
-    if kind == "code":
-        def code_fn(responses, records):
-            from e1jax.rewards.code import grade_code_batch
-
-            return grade_code_batch(responses, [r["ground_truth"] for r in records],
-                                    workers=workers_arg, time_limit_s=timeout_s)
-
-        return code_fn
-    fn = load_callable(kind)
-
-    def custom_fn(responses, records):
-        values = list(fn(list(responses), list(records)))
-        if len(values) != len(responses):
-            raise E1Error(f"reward '{kind}' returned {len(values)} values for {len(responses)} responses")
-        return [_as_grade(v) for v in values]
-
-    return custom_fn
-
-
 # ------------------------------------------------------------------ rollout
-
-
-@dataclasses.dataclass(frozen=True)
-class RolloutSettings:
-    n: int = 8
-    think_budget: int = 1024
-    solution_budget: int = 1024
-    temperature: float = 0.6
-    top_p: float = 1.0
-    top_k: int = 0
-    eos_in_thinking: str = "stop"
-    chunk_prompts: int = 0  # prompts per sampler call; 0: all at once
-
-    @classmethod
-    def from_config(cls, section: Any) -> RolloutSettings:
-        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass
@@ -183,25 +96,13 @@ def concat_generations(parts: Sequence[Any], *, pad_id: int) -> Any:
     return type(first)(**fields)
 
 
-def response_text(tokens: np.ndarray, length: int, decode: Callable[[list[int]], str],
-                  strip_ids: Sequence[int]) -> str:
-    """Decoded response without a trailing EOS/pad token (the graders read `</think>`, so
-    special tokens are kept: decode with skip_special_tokens=False)."""
-    ids = [int(t) for t in tokens[:length]]
-    while ids and ids[-1] in strip_ids:
-        ids.pop()
-    return decode(ids)
-
-
 def run_rollout(
     model_config: Any,
     params: Any,
     records: Sequence[Record],
     *,
-    settings: RolloutSettings,
-    ids: Any,  # e1jax.sampling.SpecialIds
-    decode: Callable[[list[int]], str],
-    reward_fn: RewardFn,
+    settings: RolloutSection,
+    task: Any,  # e1jax.task.Task: special ids, response texts, grading
     seed: int,
     mesh: Any = None,
     max_prompt_len: int | None = None,
@@ -221,8 +122,9 @@ def run_rollout(
     sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     start = time.perf_counter()
     gen = generate_in_chunks(
-        generate_fn, model_config, params, prompts, chunk_prompts=settings.chunk_prompts, pad_id=ids.pad_id,
-        ids=ids, mode="elastic", think_budget=settings.think_budget, solution_budget=settings.solution_budget,
+        generate_fn, model_config, params, prompts, chunk_prompts=settings.chunk_prompts,
+        pad_id=task.special_ids.pad_id, ids=task.special_ids, mode="elastic", think_budget=settings.think_budget,
+        solution_budget=settings.solution_budget,
         sampling=sampling, n=settings.n, seed=seed, mesh=mesh,
         eos_in_thinking=settings.eos_in_thinking, max_prompt_len=max_prompt_len,
     )
@@ -232,10 +134,8 @@ def run_rollout(
         raise E1Error(f"the sampler returned {len(gen.lengths)} samples, expected {expected} in prompt order")
 
     start = time.perf_counter()
-    strip = tuple(ids.eos_ids) + (ids.pad_id,)
-    texts = [response_text(gen.tokens[i], int(gen.lengths[i]), decode, strip) for i in range(expected)]
-    sample_records = [records[i] for i in gen.prompt_index]
-    grades = list(reward_fn(texts, sample_records))
+    texts = [task.text(gen.tokens[i], int(gen.lengths[i])) for i in range(expected)]
+    grades = task.grade(texts, [records[i] for i in gen.prompt_index])
     grading_s = time.perf_counter() - start
 
     rewards = np.asarray([g.reward for g in grades], np.float32)
@@ -249,36 +149,15 @@ def run_rollout(
 # --------------------------------------------------------- training layout
 
 
-@dataclasses.dataclass
-class SequenceBatch:
-    """Training sequences [left-padded prompt (P) | response, right-padded (L)] (host arrays);
-    the loss mask and the sampler's log-probs in response coordinates (entry j: token P + j)."""
-
-    tokens: np.ndarray  # (N, P + L) int32
-    attention_mask: np.ndarray  # (N, P + L) bool
-    loss_mask: np.ndarray  # (N, L) bool
-    advantages: np.ndarray  # (N,) f32
-    sampler_logp: np.ndarray  # (N, L) f32, the sampler's log-probs where loss_mask (diagnostics)
-    prompt_width: int
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def rows(self, start: int, stop: int) -> SequenceBatch:
-        return dataclasses.replace(
-            self, tokens=self.tokens[start:stop], attention_mask=self.attention_mask[start:stop],
-            loss_mask=self.loss_mask[start:stop], advantages=self.advantages[start:stop],
-            sampler_logp=self.sampler_logp[start:stop])
-
-
 def build_sequences(rollout: Rollout, *, pad_id: int, train_forced_tokens: bool = False,
-                    min_prompt_width: int = 0) -> SequenceBatch:
-    """Lay the rollout out for the trainer. The loss mask covers the sampled response
-    tokens (EOS included); the forced close only with `train_forced_tokens`."""
+                    min_prompt_width: int = 0) -> TrainBatch:
+    """Lay the rollout out for the trainer: the step's TrainBatch (host arrays, no trainer
+    log-probs yet). The loss mask covers the sampled response tokens (EOS included); the
+    forced close only with `train_forced_tokens`."""
     gen = rollout.gen
     n_rows, width = gen.tokens.shape
     longest = max(len(p) for p in rollout.prompts)
-    p_width = max(prompt_width(longest), min_prompt_width)
+    p_width = max(prompt_bucket(longest), min_prompt_width)  # one compile per bucket, not per step
     tokens = np.full((n_rows, p_width + width), pad_id, np.int32)
     attention = np.zeros((n_rows, p_width + width), bool)
     lengths = np.asarray(gen.lengths, np.int64)
@@ -293,17 +172,8 @@ def build_sequences(rollout: Rollout, *, pad_id: int, train_forced_tokens: bool 
     loss_mask = response_loss_mask(lengths, np.asarray(gen.forced, bool),
                                    train_forced_tokens=train_forced_tokens, width=width)
     sampler_logp = np.where(loss_mask, gen.logprobs, 0.0).astype(np.float32)
-    return SequenceBatch(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
-                         advantages=np.asarray(rollout.advantages, np.float32),
-                         sampler_logp=sampler_logp, prompt_width=p_width)
-
-
-def mini_batches(batch: SequenceBatch, prompts_per_mini_batch: int, n: int) -> list[SequenceBatch]:
-    """Consecutive groups of `prompts_per_mini_batch` prompts (no shuffling, as the original)."""
-    rows = prompts_per_mini_batch * n
-    if len(batch) % rows:
-        raise E1Error(f"{len(batch)} samples do not split into mini-batches of {rows}")
-    return [batch.rows(start, start + rows) for start in range(0, len(batch), rows)]
+    return TrainBatch(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
+                      advantages=np.asarray(rollout.advantages, np.float32), sampler_logp=sampler_logp)
 
 
 # ------------------------------------------------------------------ metrics

@@ -1,19 +1,28 @@
-"""The jitted, sharded GRPO optimizer step and the micro-batched log-prob pass.
+"""The update side of a GRPO step: the micro-batched log-prob pass, the jitted, sharded
+optimizer step, and the one owner of how a step's batch is cut and its metrics reduced.
 
-One call of the function from `make_update_fn` is one optimizer step on one
-mini-batch. The mini-batch is split into micro-batches (lax.scan); each
-micro-batch's loss is normalised by the whole mini-batch's response-token count,
-so the summed gradient equals the gradient of one big batch.
+    batch = step_batch(programs, host_batch, state.params, ref_params)  # placed once, log-probs in
+    state, metrics = step_update(programs, state, batch)  # every optimizer update of the step
 
-Micro-batch i holds rows {i, i + n, i + 2n, ...} (n = number of micro-batches):
-with the batch dimension sharded in contiguous blocks over the data axes, every
-device then holds its share of every micro-batch and splitting moves no data.
+`step_update` cuts the step's placed `TrainBatch` into consecutive mini-batches of
+`programs.update_rows` rows (whole prompt groups, in order, no shuffling, as the original)
+and runs one optimizer step (`make_update_fn`) on each. That step splits its mini-batch
+into micro-batches (lax.scan); each micro-batch's loss is normalised by the whole
+mini-batch's response-token count, so the summed gradient equals the gradient of one big
+batch. Micro-batch i holds rows {i, i + n, i + 2n, ...} (n = number of micro-batches):
+with the batch dimension sharded in contiguous blocks over the data axes, every device
+then holds its share of every micro-batch and splitting moves no data.
+
+How every metric combines, over the micro-batches inside the jitted step and over the
+step's mini-batches on the host, is `METRIC_REDUCTION`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import flax.struct
@@ -27,32 +36,11 @@ from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import param_shardings
 from e1jax.models.scoring import next_token_logprobs
-from e1jax.rl.grpo import MAX_METRICS, MIN_METRICS, GRPOConfig, grpo_loss
-from e1jax.sharding import activate, constrain, named_sharding
-
-SCHEDULES = ("constant", "cosine", "linear")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    learning_rate: float = 1e-6
-    schedule: str = "constant"  # constant | cosine | linear (after warmup; cosine/linear decay to 0 at total_steps)
-    warmup_steps: int = 0
-    total_steps: int = 200
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # global-norm clip; <= 0 disables
-    opt_state_dtype: str = "float32"  # Adam moments, whatever the params' dtype
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise E1Error(f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
-        if self.opt_state_dtype not in ("float32", "bfloat16"):
-            raise E1Error(f"opt_state_dtype '{self.opt_state_dtype}' is not one of float32, bfloat16")
-        if self.warmup_steps < 0 or self.total_steps < 1:
-            raise E1Error(f"warmup_steps must be >= 0 and total_steps >= 1, got {self.warmup_steps}/{self.total_steps}")
+from e1jax.rl.batch import TrainBatch, map_axes, shard_batch
+from e1jax.rl.config import GRPOConfig, OptimConfig
+from e1jax.rl.grpo import grpo_loss
+from e1jax.rl.metrics import to_float
+from e1jax.sharding import activate, constrain
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -116,34 +104,6 @@ class TrainState:
     step: jax.Array
 
 
-@flax.struct.dataclass
-class UpdateBatch:
-    """Sequences [left-padded prompt (P) | right-padded response (L)] and, in response
-    coordinates (entry j scores token P + j), the loss mask and the behaviour / reference
-    log-probs. Only the L response positions go through the head."""
-
-    tokens: jax.Array  # (B, P + L) int32
-    attention_mask: jax.Array  # (B, P + L) bool
-    loss_mask: jax.Array  # (B, L) bool/float
-    advantages: jax.Array  # (B,) f32
-    old_logp: jax.Array  # (B, L) f32
-    ref_logp: jax.Array | None = None  # (B, L) f32; None without KL
-
-    @property
-    def response_width(self) -> int:
-        return self.loss_mask.shape[1]
-
-
-BATCH_LOGICAL_AXES = UpdateBatch(
-    tokens=("batch", "length"),
-    attention_mask=("batch", "length"),
-    loss_mask=("batch", "length"),
-    advantages=("batch",),
-    old_logp=("batch", "length"),
-    ref_logp=("batch", "length"),
-)
-
-
 def _key_id(key: Any) -> Any:
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):
@@ -196,28 +156,6 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
     opt_sh = _match_param_shardings(jax.eval_shape(optimizer.init, params), params, p_sh, rep)
     opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
     return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), rep))
-
-
-def shard_batch(batch: UpdateBatch, mesh: Mesh | None) -> UpdateBatch:
-    """Put a host batch on `mesh`, batch dimension over the data axes (same global
-    value on every process)."""
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, batch)
-
-    def put(name, axes, x):
-        if x is None:
-            return None
-        x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        return jax.device_put(x, named_sharding(axes, x.shape, mesh, f"update batch {name}"))
-
-    return UpdateBatch(**{f.name: put(f.name, getattr(BATCH_LOGICAL_AXES, f.name), getattr(batch, f.name))
-                          for f in dataclasses.fields(UpdateBatch)})
-
-
-def _map_axes(fn: Callable, batch: UpdateBatch) -> UpdateBatch:
-    """fn(logical_axes, field) over the batch's fields (None fields stay None)."""
-    return UpdateBatch(**{f.name: fn(getattr(BATCH_LOGICAL_AXES, f.name), getattr(batch, f.name))
-                          for f in dataclasses.fields(UpdateBatch)})
 
 
 def _split(x: jax.Array, num_micro: int) -> jax.Array:
@@ -301,20 +239,54 @@ def logprobs_program(model_config: ModelConfig, rows: int, micro_batch: int | No
     return logprobs_fn(model_config, padded // mb, mesh, with_entropy, response_width), padded
 
 
-def _combine(name: str, acc: jax.Array, new: jax.Array) -> jax.Array:
-    if name in MAX_METRICS:
-        return jnp.maximum(acc, new)
-    if name in MIN_METRICS:
-        return jnp.minimum(acc, new)
-    return acc + new
+# ----------------------------------------------------------------- metrics
 
 
-def _metric_init(name: str) -> jax.Array:
-    if name in MAX_METRICS:
-        return jnp.float32(-jnp.inf)
-    if name in MIN_METRICS:
-        return jnp.float32(jnp.inf)
-    return jnp.float32(0.0)
+@dataclasses.dataclass(frozen=True)
+class Reduction:
+    """How a metric combines: from `identity` by `combine` over the micro-batches of one
+    mini-batch (inside the jitted step), then by `across` over the step's mini-batches
+    (host floats)."""
+
+    name: str
+    identity: float
+    combine: Callable[[jax.Array, jax.Array], jax.Array]
+    across: Callable[[Sequence[float]], float]
+
+
+# A token mean of the mini-batch: grpo_loss divides every micro-batch's masked sum by the
+# whole mini-batch's token count, so the micro-batch values add up to it; a step reports
+# the mean over its mini-batches (each mini-batch weighs the same).
+MEAN = Reduction("mean", 0.0, jnp.add, lambda values: float(np.mean(values)))
+MAX = Reduction("max", -math.inf, jnp.maximum, max)  # -inf: no token
+MIN = Reduction("min", math.inf, jnp.minimum, min)  # +inf: no token
+
+METRIC_REDUCTION: dict[str, Reduction] = {
+    # grpo_loss's, accumulated over the micro-batches
+    "loss": MEAN, "pg_loss": MEAN, "kl": MEAN, "entropy": MEAN, "approx_kl": MEAN,
+    "clip_frac": MEAN, "clip_frac_high": MEAN, "clip_frac_low": MEAN, "ratio_mean": MEAN,
+    "ratio_max": MAX, "ratio_min": MIN,
+    # once per mini-batch, after its micro-batches
+    "grad_norm": MEAN, "num_tokens": MEAN, "learning_rate": MEAN,
+}
+
+
+def metric_reduction(name: str) -> Reduction:
+    if name not in METRIC_REDUCTION:
+        raise KeyError(f"update metric '{name}' has no entry in e1jax.rl.update.METRIC_REDUCTION")
+    return METRIC_REDUCTION[name]
+
+
+def reduce_mini_batches(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The metrics of a step from those of its mini-batch updates (host values), by METRIC_REDUCTION."""
+    out = {}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        values = [to_float(row[key]) for row in rows if key in row]
+        out[key] = metric_reduction(key).across(values)
+    return out
+
+
+# ------------------------------------------------------------ optimizer step
 
 
 def make_update_fn(
@@ -324,8 +296,9 @@ def make_update_fn(
     *,
     micro_batch: int | None,
     mesh: Mesh | None = None,
-) -> Callable[[TrainState, UpdateBatch], tuple[TrainState, dict[str, jax.Array]]]:
-    """update(state, batch) -> (state, metrics): one optimizer step on one mini-batch.
+) -> Callable[[TrainState, TrainBatch], tuple[TrainState, dict[str, jax.Array]]]:
+    """update(state, batch) -> (state, metrics): one optimizer step on one mini-batch
+    (a TrainBatch with old_logp, and ref_logp under KL; sampler_logp is not read).
 
     `micro_batch` is the number of rows (global, across all devices) per forward/backward
     pass; it must divide the batch. The state is donated. Under `mesh` the new state keeps
@@ -335,8 +308,8 @@ def make_update_fn(
     ratio_mean/min/max, approx_kl, grad_norm (before clipping), learning_rate, num_tokens.
     """
 
-    def loss_fn(params, mb: UpdateBatch, num_tokens):
-        mb = _map_axes(lambda axes, x: None if x is None else constrain(x, axes), mb)
+    def loss_fn(params, mb: TrainBatch, num_tokens):
+        mb = map_axes(lambda _, axes, x: constrain(x, axes), mb)
         logp, entropy = next_token_logprobs(
             model_config, params, mb.tokens, mb.attention_mask, grpo_cfg.temperature, with_entropy=True,
             response_width=mb.response_width,
@@ -350,7 +323,7 @@ def make_update_fn(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def update(state: TrainState, batch: UpdateBatch):
+    def update(state: TrainState, batch: TrainBatch):
         if grpo_cfg.kl_coef > 0 and batch.ref_logp is None:
             raise E1Error("kl_coef > 0 needs ref_logp (reference-policy log-probs) in the update batch")
         with activate(mesh):
@@ -359,7 +332,7 @@ def make_update_fn(
             micro = jax.tree.map(lambda x: _split(x, num_micro), batch)
             first = jax.tree.map(lambda x: x[0], micro)
             _, metric_shapes = jax.eval_shape(loss_fn, state.params, first, num_tokens)
-            metrics0 = {k: _metric_init(k) for k in metric_shapes}
+            metrics0 = {k: jnp.float32(metric_reduction(k).identity) for k in metric_shapes}
             grads0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
             if mesh is not None:
                 p_sh = param_shardings(model_config, mesh)
@@ -369,7 +342,7 @@ def make_update_fn(
                 acc, msum = carry
                 (_, metrics), grads = grad_fn(state.params, mb, num_tokens)
                 acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
-                msum = {k: _combine(k, msum[k], metrics[k]) for k in msum}
+                msum = {k: metric_reduction(k).combine(msum[k], metrics[k]) for k in msum}
                 return (acc, msum), None
 
             (grads, metrics), _ = jax.lax.scan(body, (grads0, metrics0), micro)
@@ -388,3 +361,62 @@ def make_update_fn(
     state_sh = train_state_shardings(model_config, optimizer, mesh)
     rep = NamedSharding(mesh, PartitionSpec())
     return jax.jit(update, donate_argnums=0, out_shardings=(state_sh, rep))
+
+
+# ----------------------------------------------------------------- the step
+
+
+def step_batch(programs: Any, host: TrainBatch, params: Any, ref_params: Any = None) -> TrainBatch:
+    """The step's one TrainBatch: `host` (rollout.build_sequences') placed on programs.mesh once
+    (`programs`: the run's e1jax.rl.programs.StepPrograms),
+    with the behaviour log-probs under `params` and, when `ref_params` is given (KL), the
+    reference log-probs, both from the micro-batched log-prob pass at the GRPO temperature."""
+    batch = shard_batch(host, programs.mesh)
+
+    def logprobs(p):
+        return compute_logprobs(programs.model_config, p, batch.tokens, batch.attention_mask, programs.grpo.temperature,
+                                programs.micro_batch, mesh=programs.mesh, response_width=batch.response_width)
+
+    return batch.replace(old_logp=logprobs(params), ref_logp=None if ref_params is None else logprobs(ref_params))
+
+
+@functools.lru_cache(maxsize=32)
+def _mini_batch_fn(parts: int, mesh: Mesh | None) -> Callable:
+    def split(batch: TrainBatch) -> list[TrainBatch]:
+        rows = len(batch) // parts
+        with activate(mesh):
+            return [map_axes(lambda _, axes, x: constrain(x[i * rows:(i + 1) * rows], axes), batch)
+                    for i in range(parts)]
+
+    return jax.jit(split)
+
+
+def mini_batches(batch: TrainBatch, rows: int, mesh: Mesh | None = None) -> list[TrainBatch]:
+    """Consecutive `rows`-row mini-batches of a placed batch (whole prompt groups when `rows` is
+    a multiple of the group size; no shuffling, as the original), each placed like the batch,
+    without sampler_logp (the update does not read it)."""
+    if rows < 1 or len(batch) % rows:
+        raise E1Error(f"{len(batch)} samples do not split into mini-batches of {rows}")
+    return _mini_batch_fn(len(batch) // rows, mesh)(batch.replace(sampler_logp=None))
+
+
+def step_update(programs: Any, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict[str, float]]:
+    """Every optimizer update of one step: `batch` (step_batch's) cut into mini-batches of
+    programs.update_rows rows, one programs.update each, in order -> (state, the step's
+    metrics reduced over its mini-batches by METRIC_REDUCTION)."""
+    rows = []
+    for part in mini_batches(batch, programs.update_rows, programs.mesh):
+        state, metrics = programs.update(state, part)
+        rows.append(metrics)
+    return state, reduce_mini_batches(jax.device_get(rows))
+
+
+@jax.jit
+def _masked_abs_diff(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(jnp.abs(a - b) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def sampler_logp_diff(batch: TrainBatch) -> jax.Array:
+    """Mean |trainer - sampler| log-prob over the trained tokens: ~0 when both sides agree."""
+    return _masked_abs_diff(batch.old_logp, batch.sampler_logp, batch.loss_mask)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from e1jax.dtypes import ITEMSIZE
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import Params, cast_params, decode_layout, param_shardings, split_layer_shardings, split_layers
@@ -27,12 +28,8 @@ from e1jax.sharding import MESH_AXES, mesh_description
 REPLICA_SHARE = 0.25
 
 
-def _dtype_bytes(name: str) -> int:
-    return np.dtype(name).itemsize if name != "bfloat16" else 2
-
-
 def weight_bytes(config: ModelConfig, dtype: str) -> int:
-    return config.num_params() * _dtype_bytes(dtype)
+    return config.num_params() * ITEMSIZE[dtype]
 
 
 def _splits(config: ModelConfig, ways: int) -> bool:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from e1jax.models.config import ModelConfig
-from e1jax.models.qwen import model_for
+from e1jax.models.qwen import constrain_cache, extend_cache, map_cache_rows, model_for, positions_from_mask
 from e1jax.sampling.ops import sample_tokens, token_logprob
 
 THINK, CLOSE, SOLVE, DONE = 0, 1, 2, 3
@@ -80,10 +80,46 @@ def _in(tokens: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.any(tokens[:, None] == ids[None, :], axis=-1)
 
 
+def sample_keys(seed: jax.Array, sample_ids: jax.Array) -> jax.Array:
+    """One typed PRNG key per sample, from (seed, sample id) only."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(sample_ids)
+
+
 def _token_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
     # Token randomness depends only on (sample, index in the response): a run at another
     # budget, a budget sweep and plain mode all share the random stream of a common prefix.
     return jax.vmap(jax.random.fold_in)(keys, index)
+
+
+def prefill(config: ModelConfig, params: Any, tokens: jax.Array, mask: jax.Array, n: int, cache_len: int):
+    """Prefill all but the last prompt token once per prompt (whole-sequence attention, no head),
+    give the cache its remaining empty slots, then repeat it n times.
+    Returns (cache, pending last prompt token, its position), one row per sample."""
+    positions = positions_from_mask(mask)
+    _, cache = model_for(config, params).apply({"params": params}, tokens[:, :-1], positions[:, :-1], mask[:, :-1],
+                                               return_hidden=True, collect_cache=True)
+    cache = extend_cache(cache, cache_len - (tokens.shape[1] - 1))
+    if n > 1:
+        cache = map_cache_rows(lambda x: jnp.repeat(x, n, axis=0), cache)
+    return constrain_cache(cache), jnp.repeat(tokens[:, -1], n), jnp.repeat(positions[:, -1], n)
+
+
+# DecodeState fields that start at zero for every row.
+_ZERO_COUNTERS = ("think_used", "sol_used", "force_pos", "finish", "out_len", "key_offset")
+
+
+def initial_state(cache: dict, pending: jax.Array, position: jax.Array, phase: jax.Array, think_budget: jax.Array,
+                  solution_budget: jax.Array, keys: jax.Array, out_width: int, pad_id: jax.Array) -> DecodeState:
+    """The state before the first decode step: nothing written, every counter at zero."""
+    rows = pending.shape[0]
+    counters = {name: jnp.zeros((rows,), jnp.int32) for name in _ZERO_COUNTERS}
+    return DecodeState(
+        cache=cache, pending=pending, position=position, phase=phase, truncated=jnp.zeros((rows,), bool),
+        tokens=jnp.full((rows, out_width), pad_id, jnp.int32), logprobs=jnp.zeros((rows, out_width), jnp.float32),
+        forced=jnp.zeros((rows, out_width), bool), think_budget=think_budget, solution_budget=solution_budget,
+        keys=keys, step=jnp.int32(0), **counters,
+    )
 
 
 def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSettings, *, pause_thinking: bool, eos_forces_close: bool) -> DecodeState:

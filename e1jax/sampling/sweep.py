@@ -6,15 +6,16 @@ thinking after the cut min(natural end, b), re-feeds the last kept token at a
 fresh slot (same position, so identical logits), forces the close where the
 budget cut and decodes the solution - all budgets in one batch.
 
-Token randomness depends on (sample, phase, index in phase), so budget b's
-result is exactly what a separate run at budget b draws: a truncation of the
-longest thinking, followed by its own solution.
+Each sample's key comes from (seed, sample id) alone, and each token's from that key
+and the token's index in the response (`loop.sample_keys`, the solve pass continuing
+at index cut), so budget b's result is exactly what a separate run at budget b draws:
+a truncation of the longest thinking, followed by its own solution.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,35 +26,18 @@ from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import decode_layout
 from e1jax.models.qwen import constrain_cache, extend_cache, map_cache_rows
-from e1jax.sampling import loop
-from e1jax.sampling.generate import (
-    GenerationOutput,
-    SpecialIds,
-    _assemble,
-    _data_multiple,
-    _new_state,
-    _pad_prompts,
-    _place,
-    _prefill,
-    _sample_keys,
-    _settings,
-    _validate,
-    batch_bucket,
-    generation_bucket,
-    prompt_bucket,
-    sample_id_rows,
-)
+from e1jax.sampling import loop, prepare
 from e1jax.sampling.ops import SamplingParams
 from e1jax.sharding import activate, to_host
 
 
 @functools.partial(jax.jit, static_argnames=("config", "n", "cache_len", "out_width"))
 def _think_jit(params, tokens, mask, max_budget, sample_ids, seed, settings, *, config, n, cache_len, out_width):
-    cache, pending, position = _prefill(config, params, tokens, mask, n, cache_len)
-    rows = pending.shape[0]
-    budget = jnp.full((rows,), max_budget, jnp.int32)
-    keys = _sample_keys(seed, sample_ids)
-    state = _new_state(cache, pending, position, jnp.full((rows,), loop.THINK, jnp.int32), budget, budget, keys, out_width, settings.pad_id)
+    cache, pending, position = loop.prefill(config, params, tokens, mask, n, cache_len)
+    budget = jnp.full(pending.shape, max_budget, jnp.int32)
+    keys = loop.sample_keys(seed, sample_ids)
+    phase = jnp.full(pending.shape, loop.THINK, jnp.int32)
+    state = loop.initial_state(cache, pending, position, phase, budget, budget, keys, out_width, settings.pad_id)
     final = loop.run_loop(config, params, state, settings, pause_thinking=True)
     return final.cache, {
         "tokens": final.tokens,
@@ -89,14 +73,14 @@ def _solve_jit(params, cache, think, budgets, solution_budget, sample_ids, seed,
     tiled = map_cache_rows(lambda x: jnp.tile(x, (k,) + (1,) * (x.ndim - 1)), cache)
     tiled["mask"] = (cache["mask"][None] & keep).reshape(k * rows, -1)
     flat = lambda x: x.reshape((k * rows,) + x.shape[2:])  # noqa: E731
-    state = _new_state(
+    state = loop.initial_state(
         constrain_cache(tiled),
         flat(pending),
         flat(position),
         flat(phase).astype(jnp.int32),
         flat(jnp.broadcast_to(b, (k, rows))).astype(jnp.int32),
         jnp.tile(solution_budget, k),
-        jnp.tile(_sample_keys(seed, sample_ids), k),
+        jnp.tile(loop.sample_keys(seed, sample_ids), k),
         out_width,
         settings.pad_id,
     )
@@ -119,23 +103,13 @@ def _solve_jit(params, cache, think, budgets, solution_budget, sample_ids, seed,
     }
 
 
-def budget_sweep(
-    config: ModelConfig,
-    params: Any,
-    prompts: Sequence[Sequence[int]],
-    *,
-    ids: SpecialIds,
-    think_budgets: Sequence[int],
-    solution_budget: int,
-    sampling: SamplingParams = SamplingParams(),
-    n: int = 1,
-    seed: int = 0,
-    sample_ids: Sequence[int] | None = None,
-    mesh: Mesh | None = None,
-    eos_in_thinking: Literal["stop", "append_close"] = "stop",
-    max_prompt_len: int | None = None,
-) -> dict[int, GenerationOutput]:
-    """Elastic generation at every thinking budget, sharing the thinking: {budget: output}."""
+def budget_sweep(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]], *, ids: prepare.SpecialIds,
+                 think_budgets: Sequence[int], solution_budget: int, sampling: SamplingParams = SamplingParams(),
+                 n: int = 1, seed: int = 0, sample_ids: Sequence[int] | None = None, mesh: Mesh | None = None,
+                 eos_in_thinking: prepare.EosInThinking = "stop",
+                 max_prompt_len: int | None = None) -> dict[int, prepare.GenerationOutput]:
+    """Elastic generation at every thinking budget, sharing the thinking: {budget: output}.
+    Takes `generate`'s keyword arguments of the same names (elastic mode, one solution budget)."""
     budgets = sorted(set(int(b) for b in think_budgets))
     if not budgets:
         raise E1Error("no thinking budgets given")
@@ -143,29 +117,33 @@ def budget_sweep(
         raise E1Error(f"budgets must be positive, got thinking {budgets} and solution {solution_budget}")
     prompts = [list(map(int, p)) for p in prompts]
     count = len(prompts)
-    tb = np.full(count, budgets[-1], np.int64)
     sb = np.full(count, solution_budget, np.int64)
-    _validate(prompts, tb, sb, config, ids, max_prompt_len)
+    prepare.check_context(config, prompts, ids=ids, think_budget=budgets[-1], solution_budget=solution_budget,
+                  max_prompt_len=max_prompt_len)
     close_len = len(ids.think_close_ids)
 
-    width = prompt_bucket(max(len(p) for p in prompts))
-    think_width = generation_bucket(budgets[-1] + 1)
-    solve_width = generation_bucket(solution_budget + 2 * close_len + 1)
+    width = prepare.prompt_bucket(max(len(p) for p in prompts))
+    think_width = prepare.generation_bucket(budgets[-1] + 1)
+    solve_width = prepare.generation_bucket(solution_budget + 2 * close_len + 1)
     think_cache_len = width + think_width + 2
-    rows = batch_bucket(count, _data_multiple(mesh))
-    tokens, mask = _pad_prompts(prompts, width, rows, ids.pad_id)
-    id_rows = sample_id_rows(sample_ids, count, n, rows)
-    placed = _place(mesh, {"tokens": tokens, "mask": mask, "ids": id_rows, "sb": np.full(rows * n, solution_budget, np.int32)})
+    rows = prepare.batch_bucket(count, prepare.data_multiple(mesh))
+    tokens, mask = prepare.pad_prompts(prompts, width, rows, ids.pad_id)
+    id_rows = prepare.sample_id_rows(sample_ids, count, n, rows)
+    sb_rows = np.full(rows * n, solution_budget, np.int32)
+    placed = prepare.place(mesh, {"tokens": tokens, "mask": mask, "ids": id_rows, "sb": sb_rows})
+    think_settings = prepare.loop_settings(sampling, ids, think_width + 1)
+    solve_settings = prepare.loop_settings(sampling, ids, solve_width + 1)
 
     params = decode_layout(params)
     with activate(mesh):
         cache, think = _think_jit(
             params, placed["tokens"], placed["mask"], jnp.int32(budgets[-1]), placed["ids"], jnp.uint32(seed),
-            _settings(sampling, ids, think_width + 1), config=config, n=n, cache_len=think_cache_len, out_width=think_width,
+            think_settings, config=config, n=n, cache_len=think_cache_len, out_width=think_width,
         )
         solved = _solve_jit(
-            params, cache, think, jnp.asarray(budgets, jnp.int32), placed["sb"], placed["ids"], jnp.uint32(seed), _settings(sampling, ids, solve_width + 1),
-            config=config, prompt_width=width, out_width=solve_width, eos_forces_close=eos_in_thinking == "append_close",
+            params, cache, think, jnp.asarray(budgets, jnp.int32), placed["sb"], placed["ids"], jnp.uint32(seed),
+            solve_settings, config=config, prompt_width=width, out_width=solve_width,
+            eos_forces_close=eos_in_thinking == "append_close",
         )
     think = jax.tree.map(to_host, think)
     solved = jax.tree.map(to_host, solved)
@@ -193,5 +171,5 @@ def budget_sweep(
             "truncated": solved["truncated"][i, :total],
             "finish": solved["finish"][i, :total],
         }
-        results[budget] = _assemble(out, count, n, ids, False, np.full(count, budget), sb)
+        results[budget] = prepare.assemble(out, count, n, ids, False, np.full(count, budget), sb)
     return results

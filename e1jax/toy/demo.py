@@ -22,7 +22,7 @@ from e1jax.errors import E1Error
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Half the supervised traces verbose, half concise: the baseline uses both ways of reasoning
-# (it picks the verbose one about half the time) and has learned the concise arithmetic well.
+# and has learned the concise arithmetic well.
 SFT_TASK_VERBOSE_FRACTION = 0.5
 
 
@@ -70,15 +70,11 @@ def write_jsonl(records: list[dict], path: Path) -> Path:
 def stage_sft(size: DemoSize, out: Path, seed: int, tokenizer, hf_tokenizer) -> Path:
     from e1jax.models.hf import save_hf
     from e1jax.models.params import init_params
-    from e1jax.toy.sft import SFTConfig, tokenize_examples, train_sft
-    from e1jax.toy.task import ToyTaskConfig, generate_problems, sft_text
+    from e1jax.toy.sft import SFTConfig, encode_examples, tokenize_examples, train_sft
+    from e1jax.toy.task import ToyTaskConfig, generate_problems
 
     records = generate_problems(size.sft_problems, seed, ToyTaskConfig(verbose_fraction=SFT_TASK_VERBOSE_FRACTION))
-    examples = []
-    for record in records:
-        prompt, response = sft_text(record)
-        examples.append((tokenizer.encode(prompt), tokenizer.encode(response) + [tokenizer.eos_ids[0]]))
-    data = tokenize_examples(examples, tokenizer.pad_id)
+    data = tokenize_examples(encode_examples(records, tokenizer), tokenizer.pad_id)
     config = model_config(size, len(hf_tokenizer))
     params = init_params(config, seed)
     log(f"stage 1: supervised training of a {config.num_params() / 1e6:.2f}M-parameter Qwen2 on {len(records)} traces "
@@ -103,7 +99,7 @@ def stage_sft(size: DemoSize, out: Path, seed: int, tokenizer, hf_tokenizer) -> 
 
 
 def stage_grpo(size: DemoSize, out: Path, seed: int, baseline: Path, quick: bool) -> Path:
-    from e1jax.commands.convert import orbax_to_hf
+    from e1jax.checkpoints import orbax_to_hf
     from e1jax.rl.config import load_train_config
     from e1jax.rl.trainer import train
     from e1jax.toy.task import generate_problems
@@ -131,9 +127,9 @@ def stage_grpo(size: DemoSize, out: Path, seed: int, baseline: Path, quick: bool
 
 
 def stage_eval(size: DemoSize, out: Path, seed: int, models: dict[str, Path]) -> list[dict]:
-    from e1jax.eval import evaluate
+    from e1jax.eval import EvalSettings, Evaluation
     from e1jax.models.hf import load_model
-    from e1jax.sampling import SamplingParams
+    from e1jax.task import Task
     from e1jax.tokenizer import Tokenizer
     from e1jax.toy.task import generate_problems
 
@@ -145,12 +141,12 @@ def stage_eval(size: DemoSize, out: Path, seed: int, models: dict[str, Path]) ->
         tokenizer = Tokenizer.load(model_dir)
         log(f"stage 3: evaluating {name} on {len(heldout)} held-out problems x {size.eval_n} samples, "
             f"unconstrained and at thinking budgets {list(size.think_budgets)}")
-        results.append(evaluate(
-            config, params, tokenizer, {"toy": heldout}, think_budgets=size.think_budgets,
-            solution_budget=size.solution_budget, n=size.eval_n, sampling=SamplingParams(0.6, 0.95), seed=seed,
-            batch_size=64, mode="both", max_new_tokens=size.max_new_tokens, out_dir=out / f"eval_{name}",
-            model_name=name, progress=True,
-        ))
+        settings = EvalSettings(mode="both", think_budgets=size.think_budgets, solution_budget=size.solution_budget,
+                                max_new_tokens=size.max_new_tokens, n=size.eval_n, temperature=0.6, top_p=0.95,
+                                seed=seed)
+        evaluation = Evaluation(Task(tokenizer), {"toy": heldout}, settings, model_config=config, batch_size=64,
+                                out_dir=out / f"eval_{name}", model_name=name)
+        results.append(evaluation.run(config, params))
     return results
 
 

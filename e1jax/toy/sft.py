@@ -13,6 +13,7 @@ import optax
 
 from e1jax.models.config import ModelConfig
 from e1jax.models.scoring import next_token_logprobs
+from e1jax.toy.task import Style, response_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,13 @@ class SFTConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
+
+
+def encode_examples(records: list[dict], tokenizer, style: Style | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids + EOS) of each toy record: the E1 prompt in the tokenizer's
+    chat template (an `e1jax.tokenizer.Tokenizer`) and the trace in `style` (default: the record's)."""
+    eos = tokenizer.eos_ids[0]
+    return [(tokenizer.encode_prompt(r["problem"]), tokenizer.encode(response_text(r, style)) + [eos]) for r in records]
 
 
 def tokenize_examples(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, np.ndarray]:

@@ -15,9 +15,7 @@ data mixes the styles (``verbose_fraction``), so budget-constrained GRPO has a
 shorter way of reasoning to discover, as E1 shortens real reasoning. Each step
 is a label lookup in the problem (an induction-head pattern: the digit follows
 its label) and a one-digit addition; every trace token is determined by the
-problem and the style. A 3-layer, 64-wide model learns both styles to ~96%
-accuracy in a few hundred steps of batch 32; 2 layers learn the lookup far more
-slowly.
+problem and the style.
 """
 
 from __future__ import annotations
@@ -28,19 +26,11 @@ from typing import Literal
 
 import numpy as np
 
-from e1jax.data.prompts import e1_user_message
 from e1jax.errors import E1Error
+from e1jax.toy.vocab import ANSWER_PREFIX, ANSWER_SUFFIX, CHECK_WORD, LABELS, OK_WORD, PROBLEM_PREFIX, THINK_CLOSE
 
 DATA_SOURCE = "toy"
 MODULUS = 10
-LABELS = "abcdefghijklmnopqrst"
-PROBLEM_PREFIX = "Sum mod 10:"
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-CHECK_WORD = " check"
-OK_WORD = " ok"
-ANSWER_PREFIX = "The answer is \\boxed{"
-ANSWER_SUFFIX = "}."
 
 _FIRST_STEP = re.compile(rf"{LABELS[0]}\d([=:])")
 
@@ -152,17 +142,3 @@ def response_text(record: dict, style: Style | None = None) -> str:
     """What the model writes after the prompt's `<think>`: thinking, `</think>`,
     solution (EOS is the tokenizer's and not part of the text)."""
     return thinking_text(record, style) + THINK_CLOSE + record["solution"]
-
-
-def prompt_text(record: dict) -> str:
-    """The rendered chat prompt: the E1 user message in the toy chat template,
-    ending with the generation prompt's `<think>`."""
-    from e1jax.toy.tokenizer import render_chat_prompt  # the tokenizer imports this module's texts
-
-    return render_chat_prompt(e1_user_message(record["problem"]))
-
-
-def sft_text(record: dict, style: Style | None = None) -> tuple[str, str]:
-    """(rendered prompt, response) for supervised training; `style` defaults to
-    the record's `sft_style`, the mix drawn by `generate_problems`."""
-    return prompt_text(record), response_text(record, style)

@@ -23,23 +23,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import PreTrainedTokenizerFast
 
 from e1jax.data.prompts import E1_INSTRUCTION
-from e1jax.toy.task import (
-    ANSWER_PREFIX,
-    ANSWER_SUFFIX,
-    CHECK_WORD,
-    LABELS,
-    OK_WORD,
-    PROBLEM_PREFIX,
-    THINK_CLOSE,
-    THINK_OPEN,
-)
-
-EOS = "<|endoftext|>"
-UNK = "<unk>"
-USER = "<|User|>"
-ASSISTANT = "<|Assistant|>"
-SPECIAL_TOKENS = (EOS, UNK, USER, ASSISTANT)
-THINK_TOKENS = (THINK_OPEN, THINK_CLOSE)
+from e1jax.toy.vocab import ASSISTANT, EOS, SPECIAL_TOKENS, THINK_OPEN, THINK_TOKENS, UNK, USER, word_vocabulary
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -53,27 +37,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def render_chat_prompt(user_content: str) -> str:
-    """The chat template's rendering of one user message with the generation prompt."""
-    return f"{USER}{user_content}{ASSISTANT}{THINK_OPEN}"
-
-
-def _word_vocabulary() -> list[str]:
-    """Ordinary (non-added) tokens: every piece the task's texts are made of."""
-    answer_words = ["The", " answer", " is", " \\boxed{"]
-    if "".join(answer_words) != ANSWER_PREFIX or ANSWER_SUFFIX != "}.":
-        raise AssertionError("toy tokenizer vocabulary is out of step with the toy solution text")
-    words = [PROBLEM_PREFIX, CHECK_WORD, OK_WORD, *answer_words]
-    digits = [str(d) for d in range(10)]
-    labels = [LABELS[0]] + [f" {c}" for c in LABELS]
-    symbols = [c for c in "+-=:;.}{"]
-    fallback = [" ", "\n"]
-    vocab = [*words, *digits, *labels, *symbols, *fallback]
-    return list(dict.fromkeys(vocab))
-
-
 def build_toy_tokenizer() -> PreTrainedTokenizerFast:
-    words = _word_vocabulary()
+    words = word_vocabulary()
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *words])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))

@@ -18,8 +18,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from e1jax.errors import E1Error
 
 META_VERSION = 1
@@ -34,6 +32,7 @@ def _ocp():
 
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a pytree of arrays, to restore into the same layout."""
+    import jax
 
     def one(x):
         sharding = getattr(x, "sharding", None)
@@ -135,7 +134,7 @@ class CheckpointStore:
 
 
 def model_meta(model_config: Any, base_model: str | Path) -> dict[str, Any]:
-    """The part of `meta` that lets `convert` rebuild the model without the training config."""
+    """The part of `meta` that lets `orbax_to_hf` rebuild the model without the training config."""
     fields = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config) if f.name != "attention"}
     return {"model_config": fields, "base_model": str(base_model)}
 

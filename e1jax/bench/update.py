@@ -12,8 +12,9 @@ from jax.sharding import Mesh
 from e1jax.errors import E1Error
 from e1jax.models.config import ModelConfig
 from e1jax.models.params import init_params
-from e1jax.rl.grpo import GRPOConfig
-from e1jax.rl.update import OptimConfig, UpdateBatch, init_train_state, make_optimizer, make_update_fn, shard_batch
+from e1jax.rl.batch import TrainBatch, shard_batch
+from e1jax.rl.config import GRPOConfig, OptimConfig
+from e1jax.rl.update import init_train_state, make_optimizer, make_update_fn
 
 
 def matmul_params(config: ModelConfig) -> int:
@@ -33,7 +34,7 @@ def update_flops(config: ModelConfig, batch_size: int, seq_len: int) -> float:
     return dense + attention
 
 
-def _synthetic_batch(config: ModelConfig, batch_size: int, seq_len: int, prompt_len: int, with_ref: bool, seed: int) -> UpdateBatch:
+def _synthetic_batch(config: ModelConfig, batch_size: int, seq_len: int, prompt_len: int, with_ref: bool, seed: int) -> TrainBatch:
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, config.vocab_size, (batch_size, seq_len), dtype=np.int32)
     attention = np.ones((batch_size, seq_len), bool)
@@ -41,7 +42,7 @@ def _synthetic_batch(config: ModelConfig, batch_size: int, seq_len: int, prompt_
     old = (-rng.random(loss_mask.shape) * 5).astype(np.float32)
     ref = (old + rng.normal(0, 0.1, old.shape)).astype(np.float32) if with_ref else None
     adv = rng.normal(size=batch_size).astype(np.float32)
-    return UpdateBatch(tokens, attention, loss_mask, adv, old, ref)
+    return TrainBatch(tokens, attention, loss_mask, adv, old, ref)
 
 
 def bench_update(
@@ -120,7 +121,7 @@ def bench_update(
     return result
 
 
-def main() -> None:  # python -m e1jax.rl.bench_update [preset] [batch] [seq] [micro] [steps]
+def main() -> None:  # python -m e1jax.bench.update [preset] [batch] [seq] [micro] [steps]
     import json
     import sys
 
