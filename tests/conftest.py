@@ -11,14 +11,15 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-# The original's evaluation sets: $E1JAX_DATA_DIR when set (as e1jax.data.registry reads it), else ../shared.
+# The original's evaluation sets: $E1JAX_DATA_DIR when set (as e1jax.data.registry reads it), else the package's.
+PACKAGED_E1_TEST = Path(__file__).resolve().parents[1] / "e1jax" / "data" / "e1_test"
 E1_TEST_DATA = Path(os.environ["E1JAX_DATA_DIR"]).expanduser() if os.environ.get("E1JAX_DATA_DIR") \
-    else SHARED / "data" / "e1-test"
+    else PACKAGED_E1_TEST
 
 
 @pytest.fixture(scope="session")
 def e1_test_data() -> Path:
-    """The original's evaluation sets ($E1JAX_DATA_DIR or ../shared/data/e1-test); skip where absent."""
+    """The original's evaluation sets ($E1JAX_DATA_DIR or the packaged copy); skip where absent."""
     if not E1_TEST_DATA.is_dir():
         pytest.skip(f"{E1_TEST_DATA} is not present")
     return E1_TEST_DATA

@@ -277,7 +277,7 @@ def test_hub_dataset_downloads_then_reads(tmp_path, monkeypatch):
 # --- the original's files -------------------------------------------------------------------------
 
 EXPECTED_COUNTS = {"aime": 30, "amc": 83, "math": 500, "minerva": 272, "olympiad_bench": 675,
-                   "gsm8k": 1319, "codeforces": 408}
+                   "gsm8k": 1319, "codeforces": 408, "code_contests": 165, "leetcode": 200}
 
 
 def test_known_sets_cover_registry():
@@ -297,6 +297,10 @@ def test_real_eval_sets(e1_test_data, name):
     if name == "codeforces":
         assert all(r["ability"] == "code" for r in recs)
         assert all(isinstance(t, dict) and set(t) == {"input", "output"} for r in recs for t in r["ground_truth"])
+    elif name == "code_contests":
+        assert all(r["ability"] == "code" and set(r["ground_truth"]) == {"inputs", "outputs"} for r in recs)
+    elif name == "leetcode":
+        assert all(r["ability"] == "code" and "def check(candidate)" in r["ground_truth"]["functional"] for r in recs)
     else:
         assert all(r["ability"] == "math" for r in recs)
 
@@ -308,10 +312,36 @@ def test_real_eval_set_values(e1_test_data):
     assert resolve_dataset("minerva", root=e1_test_data)[1][0]["ground_truth"] == ["9.6\n"]
 
 
-def test_default_data_root_finds_shared(e1_test_data, monkeypatch):
+def test_default_data_root_is_the_package(monkeypatch, tmp_path):
     monkeypatch.delenv(registry.DATA_DIR_ENV, raising=False)
-    assert registry.default_data_root().resolve() == e1_test_data.resolve()
+    assert registry.default_data_root() == registry.PACKAGED_DATA
     assert len(resolve_dataset("aime")[1]) == 30
+    (tmp_path / "math").mkdir()
+    (tmp_path / "math" / "aime.json").write_text('[{"problem": "1+1?", "answer": "2"}]')
+    monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path))
+    assert resolve_dataset("aime")[1][0]["ground_truth"] == "2"  # the variable overrides the package
+
+
+def test_packaged_sets_are_the_originals_files():
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "e1-test"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} is not present")
+    for relative in [*KNOWN_DATASETS.values(), "LICENSE.txt"]:
+        assert (registry.PACKAGED_DATA / relative).read_bytes() == (shared / relative).read_bytes(), relative
+
+
+def test_wheel_ships_the_evaluation_sets(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(repo)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("e1jax-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"e1jax/data/e1_test/{r}" for r in [*KNOWN_DATASETS.values(), "LICENSE.txt", "NOTICE"]}
+    assert expected <= names, sorted(expected - names)
 
 
 def test_module_has_no_heavy_imports():

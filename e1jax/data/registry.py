@@ -1,18 +1,20 @@
-"""Dataset names -> records: the original's evaluation sets by name, files, Hub datasets."""
+"""Dataset names -> records: the original's evaluation sets by name, files, Hub datasets.
+
+The evaluation sets ship in the package (e1jax/data/e1_test: the original's rllm/data/test
+files, byte for byte, with its Apache-2.0 license); $E1JAX_DATA_DIR replaces that folder."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import e1jax
 from e1jax.data.hub import HUB_PREFIX, load_hub_dataset, parse_hub_name
 from e1jax.data.readers import SUPPORTED_SUFFIXES, Record, read_dataset_dir, read_dataset_file
 from e1jax.errors import E1Error
 
 DATA_DIR_ENV = "E1JAX_DATA_DIR"
 
-# The original's evaluation sets, relative to the data root (its data/e1-test folder).
+# The original's evaluation sets, relative to the data root (its rllm/data/test folder).
 KNOWN_DATASETS: dict[str, str] = {
     "aime": "math/aime.json",
     "amc": "math/amc.json",
@@ -21,23 +23,24 @@ KNOWN_DATASETS: dict[str, str] = {
     "olympiad_bench": "math/olympiad_bench.json",
     "gsm8k": "math/gsm8k.json",
     "codeforces": "code/codeforces.json",
+    "code_contests": "code/code_contests.json",
+    "leetcode": "code/leetcode.json",
 }
+PACKAGED_DATA = Path(__file__).resolve().parent / "e1_test"
 
 
 def default_data_root() -> Path:
-    """$E1JAX_DATA_DIR, else ../shared/data/e1-test next to the repository checkout."""
+    """$E1JAX_DATA_DIR, else the evaluation sets shipped in the package."""
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         root = Path(env).expanduser()
         if not root.is_dir():
             raise E1Error(f"{DATA_DIR_ENV}={env} is not a directory")
         return root
-    checkout = Path(e1jax.__file__).resolve().parents[1]
-    root = checkout.parent / "shared" / "data" / "e1-test"
-    if not root.is_dir():
-        raise E1Error(f"no evaluation data: set {DATA_DIR_ENV} to the folder holding "
-                      f"math/*.json and code/codeforces.json (looked in {root})")
-    return root
+    if not PACKAGED_DATA.is_dir():
+        raise E1Error(f"the packaged evaluation sets are missing ({PACKAGED_DATA}): reinstall e1jax "
+                      f"or set {DATA_DIR_ENV} to a folder holding math/*.json and code/*.json")
+    return PACKAGED_DATA
 
 
 def known_dataset_path(name: str, root: str | Path | None = None) -> Path:

@@ -28,7 +28,7 @@ SPLIT = "test"
 
 
 class E1EvalSets(tfds.core.GeneratorBasedBuilder):
-    """Elastic Reasoning evaluation sets (math: aime, amc, math500, minerva, olympiad_bench, gsm8k; code: codeforces).
+    """Elastic Reasoning evaluation sets (math: aime, amc, math500, minerva, olympiad_bench, gsm8k; code: codeforces, code_contests, leetcode).
 
     Features: `problem` and `answer` as text (`answer` is the ground truth,
     verbatim when it is text, JSON otherwise: numbers, lists of acceptable
