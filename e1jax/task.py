@@ -20,7 +20,10 @@ from e1jax.rewards.types import GradeResult
 Record = Mapping[str, Any]
 INSTRUCTION_RULES = ("auto", "always", "never")
 BUILTIN_REWARDS = ("auto", "math", "code")
+MATH_GRADERS = ("e1jax", "original")
+CODE_TESTS = ("original", "all")  # e1jax.rewards.code.CODE_TESTS
 MATH_TIMEOUT_S = 5.0  # per symbolic comparison
+ORIGINAL_MATH_TIMEOUT_S = 30.0  # a safety limit: the original grader has none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +54,14 @@ class RewardSpec:
     # "package.module:function": function(responses, records) -> numbers or GradeResults
     kind: str = "auto"
     workers: int = 0  # parallel graders; 0: one per CPU
-    timeout_s: float = 0.0  # per math answer / per code test; 0: each grader's default (5 s / 6 s)
+    timeout_s: float = 0.0  # per math answer / per code test; 0: the grader's (5 s, original 30 s / code_tests')
     require_think_close: bool = True  # math: a response without </think> is a format error
+    # math records only (code records are unaffected): e1jax's rules (e1jax.rewards.math) or the
+    # original E1 grader's (e1jax.rewards.original_math), to compare with the paper's numbers
+    grader: Literal["e1jax", "original"] = "e1jax"
+    # code: the original's tests per data_source (15 longest inputs at 12 s; livecodebench all at 6 s)
+    # or all tests at 6 s each; timeout_s > 0 overrides the per-test limit
+    code_tests: Literal["original", "all"] = "original"
 
     def __post_init__(self) -> None:
         if self.kind not in BUILTIN_REWARDS and not _is_callable_path(self.kind):
@@ -62,6 +71,10 @@ class RewardSpec:
             raise E1Error(f"reward workers must be >= 0, got {self.workers}")
         if self.timeout_s < 0:
             raise E1Error(f"reward timeout must be >= 0, got {self.timeout_s}")
+        if self.grader not in MATH_GRADERS:
+            raise E1Error(f"reward grader must be one of {', '.join(MATH_GRADERS)}, got {self.grader!r}")
+        if self.code_tests not in CODE_TESTS:
+            raise E1Error(f"reward code_tests must be one of {', '.join(CODE_TESTS)}, got {self.code_tests!r}")
 
     @property
     def custom(self) -> bool:
@@ -162,13 +175,24 @@ class Task:
         workers = self.reward.workers or None
         timeout = self.reward.timeout_s or None
         if kind == "math":
-            from e1jax.rewards.math import grade_math_batch
-
-            return grade_math_batch(texts, truths, workers=workers, timeout_s=timeout or MATH_TIMEOUT_S,
-                                    require_think_close=self.reward.require_think_close)
+            return self._grade_math(texts, truths, workers, timeout)
         from e1jax.rewards.code import grade_code_batch
 
-        return grade_code_batch(texts, truths, workers=workers, time_limit_s=timeout)
+        return grade_code_batch(texts, truths, data_sources=[r.get("data_source") for r in records],
+                                code_tests=self.reward.code_tests, workers=workers, time_limit_s=timeout)
+
+    def _grade_math(self, texts: list[str], truths: list, workers: int | None,
+                    timeout: float | None) -> list[GradeResult]:
+        require = self.reward.require_think_close
+        if self.reward.grader == "original":
+            from e1jax.rewards.original_math import grade_original_math_batch
+
+            return grade_original_math_batch(texts, truths, workers=workers,
+                                             timeout_s=timeout or ORIGINAL_MATH_TIMEOUT_S, require_think_close=require)
+        from e1jax.rewards.math import grade_math_batch
+
+        return grade_math_batch(texts, truths, workers=workers, timeout_s=timeout or MATH_TIMEOUT_S,
+                                require_think_close=require)
 
     def _grade_custom(self, texts: list[str], records: list[Record]) -> list[GradeResult]:
         values = list(self._custom(texts, records))

@@ -293,3 +293,17 @@ def test_cli_on_a_mesh_matches_single_device_samples(env, cli_run, tmp_path):
     want = {key(s): s["token_ids"] for s in read_samples(reference)
             if s["dataset"] == "sums" and s["problem_id"] < 2 and s["budget"] != "plain"}
     assert {key(s): s["token_ids"] for s in read_samples(out)} == want
+
+
+def test_original_compat_evaluates_as_main_generation(env, tmp_path):
+    """--original-compat: EOS while thinking gets </think> appended and its solution graded, by the
+    original's grader; both are recorded in the run's settings."""
+    out = tmp_path / "compat"
+    rc, _, stderr = run_cli(["--model", env["model"], "--data", env["data"]["more"], *COMMON, "--limit", "1",
+                             "--original-compat", "--out", out])
+    assert rc == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["eos_in_thinking"] == "append_close"
+    from e1jax.eval.store import STATE_FILE
+
+    assert json.loads((out / STATE_FILE).read_text())["fingerprint"]["reward"]["grader"] == "original"

@@ -7,7 +7,10 @@ import json
 import pytest
 
 from e1jax.errors import E1Error
+from e1jax.rewards import code as code_reward
 from e1jax.rewards.code import (
+    ALL_TESTS,
+    LONGEST_15,
     CodeTests,
     call_results_match,
     extract_code,
@@ -15,7 +18,9 @@ from e1jax.rewards.code import (
     grade_code_batch,
     normalize_tests,
     outputs_match,
+    source_rule,
 )
+from e1jax.rewards.sandbox import Isolation, SandboxResult
 
 
 def fenced(code: str, tag: str = "python") -> str:
@@ -25,17 +30,25 @@ def fenced(code: str, tag: str = "python") -> str:
 # --- extraction -------------------------------------------------------------
 
 
-def test_extract_takes_the_last_python_or_plain_block():
+def test_extract_takes_the_last_block_of_any_tag():
+    # rllm's extract_code_from_model: the last block whatever its tag, stripped
     response = "```python\nprint(1)\n```\ntext\n```\nprint(2)\n```\nmore\n```cpp\nint main(){}\n```\n"
-    assert extract_code(response) == "print(2)\n"
-    assert extract_code("```Python3\nx = 1\n```") == "x = 1\n"
-    assert extract_code("``` python\nx = 2\n```") == "x = 2\n"
+    assert extract_code(response) == "int main(){}"
+    assert extract_code(response + "```py\nprint(3)\n```") == "print(3)"
+    assert extract_code("```python\nprint(1)\n```\n```\n\nprint(2)\n\n```") == "print(2)"
+    assert extract_code("```Python3\nx = 1\n```") == "x = 1"
+    assert extract_code("``` python\nx = 2\n```") == "x = 2"
 
 
 def test_extract_none_without_a_closed_block():
     assert extract_code("no code here") is None
     assert extract_code("```python\nprint(1)\n") is None  # cut off by the budget
-    assert extract_code("```cpp\nint main(){}\n```") is None
+
+
+def test_a_last_block_in_another_language_is_run_as_python():
+    response = fenced("n = int(input())\nprint(n * n)") + "\nIn C++:\n```cpp\nint main() { return 0; }\n```\n"
+    result = grade_code(response, SQUARE_TESTS[:1])
+    assert (result.reward, result.reason, result.extracted) == (0.0, "compile_error", "int main() { return 0; }")
 
 
 # --- comparison -------------------------------------------------------------
@@ -85,12 +98,33 @@ def test_normalize_accepts_the_datasets_shapes():
     lcb = [{"input": "[1, 2]\n3", "output": "6", "testtype": "functional", "metadata": '{"func_name": "f"}'}]
     assert normalize_tests(lcb).fn_name == "f"
     assert normalize_tests({"tests": codeforces, "problem": "..."}).cases == normalize_tests(codeforces).cases
+    leetcode = {"functional": "def check(candidate):\n    assert candidate(x=1) == 2\n\ncheck(Solution().f)"}
+    assert normalize_tests(leetcode) == CodeTests(cases=(), script=leetcode["functional"])
+    assert normalize_tests(json.dumps(leetcode)) == normalize_tests(leetcode)
 
 
-@pytest.mark.parametrize("bad", [[], {"inputs": [], "outputs": []}, {"inputs": ["1"], "outputs": []}, {"x": 1}, 3])
+BAD_TESTS = [
+    [], {"inputs": [], "outputs": []}, {"inputs": ["1"], "outputs": []}, {"x": 1}, 3, "not json", "[1, 2]",
+    [{"input": "1"}], {"inputs": "12", "outputs": "34"}, {"inputs": [[1]], "outputs": [1], "fn_name": 7},
+    [{"input": "1", "output": "1", "testtype": "functional", "metadata": "{bad"}],
+    {"functional": 3}, {"functional": "  \n"}, {"functional": "def check(candidate:\n    pass"},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_TESTS)
 def test_normalize_rejects_bad_tests(bad):
     with pytest.raises(E1Error):
         normalize_tests(bad)
+
+
+@pytest.mark.parametrize("bad", BAD_TESTS + [[{"input": "not json", "output": "1", "testtype": "functional",
+                                               "metadata": {"func_name": "f"}}]])
+def test_malformed_tests_score_zero(bad):
+    # the original's checkers return False for tests they cannot read; nothing is run
+    result = grade_code(fenced("print(1)"), bad)
+    assert (result.reward, result.correct, result.reason) == (0.0, False, "malformed_tests")
+    assert result.extracted == "print(1)"
+    assert grade_code("no code", bad).reason == "no_code"
 
 
 # --- grading in the sandbox -------------------------------------------------
@@ -101,7 +135,7 @@ SQUARE_TESTS = [{"input": "3\n", "output": "9\n"}, {"input": "12", "output": "14
 def test_correct_and_wrong_stdio_solutions():
     good = grade_code(fenced("n = int(input())\nprint(n * n)"), SQUARE_TESTS)
     assert (good.reward, good.correct, good.reason) == (1.0, True, "correct")
-    assert good.extracted == "n = int(input())\nprint(n * n)\n"
+    assert good.extracted == "n = int(input())\nprint(n * n)"
     bad = grade_code(fenced("n = int(input())\nprint(n + n)"), SQUARE_TESTS)
     assert (bad.reward, bad.correct, bad.reason) == (0.0, False, "wrong_answer")
 
@@ -189,6 +223,90 @@ def test_max_tests_keeps_the_longest_inputs():
     code = fenced("n = int(input())\nprint(n * n)")
     assert grade_code(code, tests).reason == "wrong_answer"
     assert grade_code(code, tests, max_tests=2).correct
+
+
+# --- the original's tests per data source -------------------------------------
+
+
+def test_source_rules_follow_rllm_code_reward():
+    assert source_rule("livecodebench") == ALL_TESTS == code_reward.SourceRule(None, 6.0)
+    for source in ("taco", "apps", "code_contests", "codeforces", "primeintellect", "mine", None):
+        assert source_rule(source) == LONGEST_15 == code_reward.SourceRule(15, 12.0)
+        assert source_rule(source, "all") == ALL_TESTS
+    with pytest.raises(E1Error, match="code_tests must be one of original, all"):
+        source_rule("taco", "some")
+
+
+def squares(count: int, wrong_shortest: bool) -> list[dict]:
+    """`count` tests of n -> n*n with distinct input lengths; the shortest expects a wrong answer."""
+    tests = [{"input": "7" * (i + 1), "output": str(int("7" * (i + 1)) ** 2)} for i in range(count)]
+    if wrong_shortest:
+        tests[0]["output"] = "0"
+    return tests[::-1]  # longest first: the selection keeps their own order
+
+
+def fake_sandbox(monkeypatch) -> list[tuple[str, float]]:
+    """Replace the sandbox by one that prints the square of its input; returns the (stdin, time limit) runs."""
+    runs = []
+
+    def run(program, stdin, limits, files, argv):
+        runs.append((stdin, limits.time_s))
+        out = str(int(stdin) ** 2)
+        return SandboxResult(out, "", 0, False, False, False, 0.0, 0.0, 0.0, Isolation(None, False, False, False))
+
+    monkeypatch.setattr(code_reward, "run_sandboxed", run)
+    return runs
+
+
+@pytest.mark.parametrize("source,code_tests,runs,limit", [
+    ("taco", "original", 15, 12.0), ("primeintellect", "original", 15, 12.0), ("codeforces", "original", 15, 12.0),
+    ("livecodebench", "original", 17, 6.0), (None, "original", 15, 12.0), ("taco", "all", 17, 6.0),
+])
+def test_tests_run_and_time_limit_per_source(monkeypatch, source, code_tests, runs, limit):
+    ran = fake_sandbox(monkeypatch)
+    result = grade_code(fenced("print(int(input()) ** 2)"), squares(17, wrong_shortest=False),
+                        data_source=source, code_tests=code_tests)
+    assert result.correct and len(ran) == runs and {t for _, t in ran} == {limit}
+    assert sorted(len(stdin.strip()) for stdin, _ in ran) == list(range(17 - runs + 1, 18))  # the longest inputs
+    ran.clear()
+    grade_code(fenced("print(1)"), squares(17, False), data_source=source, code_tests=code_tests, time_limit_s=2.5)
+    assert {t for _, t in ran} == {2.5}  # an explicit limit overrides the source's
+
+
+def test_only_the_15_longest_inputs_run_for_codeforces_and_taco():
+    # 16 tests whose shortest-input one fails: the original skips it, "all" does not (real sandbox)
+    program = fenced("n = int(input())\nprint(n * n)")
+    tests = squares(16, wrong_shortest=True)
+    assert grade_code(program, tests, data_source="codeforces").correct
+    assert grade_code(program, tests, data_source="codeforces", code_tests="all").reason == "wrong_answer"
+    assert grade_code(program, tests[::-1], data_source="livecodebench").reason == "wrong_answer"
+
+
+def test_batch_takes_each_records_source(monkeypatch):
+    ran = fake_sandbox(monkeypatch)
+    tests = squares(16, wrong_shortest=False)
+    program = fenced("print(int(input()) ** 2)")
+    results = grade_code_batch([program, program], [tests, tests], data_sources=["taco", "livecodebench"], workers=1)
+    assert all(r.correct for r in results)
+    assert sorted(t for _, t in ran) == [6.0] * 16 + [12.0] * 15
+    with pytest.raises(E1Error, match="2 responses but 1 data sources"):
+        grade_code_batch([program, program], [tests, tests], data_sources=["taco"])
+    with pytest.raises(E1Error, match="code_tests"):
+        grade_code_batch([program], [tests], code_tests="none")
+
+
+def test_task_passes_each_records_data_source_and_the_switch(monkeypatch):
+    from e1jax.task import RewardSpec, Task
+
+    ran = fake_sandbox(monkeypatch)
+    records = [{"ability": "code", "data_source": source, "ground_truth": squares(16, False)}
+               for source in ("taco", "livecodebench")]
+    program = fenced("print(int(input()) ** 2)")
+    assert all(g.correct for g in Task().grade([program] * 2, records))
+    assert sorted(t for _, t in ran) == [6.0] * 16 + [12.0] * 15
+    ran.clear()
+    Task(reward=RewardSpec(code_tests="all", timeout_s=3.0)).grade([program] * 2, records)
+    assert [t for _, t in ran] == [3.0] * 32
 
 
 def test_batch_grades_in_order_and_matches_single_grading():
@@ -286,3 +404,91 @@ def test_codeforces_correct_and_wrong_solutions(codeforces, phrase):
     correct, wrong = grade_code_batch([fenced(good), fenced(bad)], [problem["tests"], problem["tests"]], workers=2)
     assert (correct.reward, correct.reason) == (1.0, "correct")
     assert (wrong.reward, wrong.reason) == (0.0, "wrong_answer")
+
+
+# --- real LeetCode problems (functional check scripts) ------------------------
+
+
+@pytest.fixture(scope="module")
+def leetcode(e1_test_data) -> list[tuple[dict, str]]:
+    """(record as e1jax reads it, the raw file's reference solution) per problem."""
+    from e1jax.data.registry import resolve_dataset
+
+    _, records = resolve_dataset("leetcode")
+    raw = json.loads((e1_test_data / "code" / "leetcode.json").read_text())
+    assert len(records) == len(raw)
+    return [(record, row["solutions"]) for record, row in zip(records, raw)]
+
+
+def test_leetcode_solution_then_check_script_as_one_program(leetcode):
+    # rllm's leetcode_check_correctness: code + "\n" + tests["functional"], passed iff it exits cleanly
+    record, solution = leetcode[0]
+    assert record["data_source"] == "leetcode"
+    assert "check(Solution().minOperations)" in record["ground_truth"]["functional"]
+    variants = {
+        "correct": solution,
+        "wrong_answer": solution.replace("return n - i", "return n - i + 1"),
+        "runtime_error": solution.replace("count = 0", "count = 0\n        1 / 0"),
+        "compile_error": solution.replace("class Solution:", "class Solution(:"),
+        "missing": "def minOperations(nums, k):\n    return 4",  # no class Solution: NameError
+        "early_exit": "import sys\nsys.exit(0)",  # exit status 0, but the check never ran
+    }
+    assert all(code != solution for name, code in variants.items() if name != "correct")
+    results = grade_code_batch([fenced(code) for code in variants.values()], [record["ground_truth"]] * len(variants),
+                               data_sources=["leetcode"] * len(variants), workers=2)
+    reasons = dict(zip(variants, (r.reason for r in results)))
+    assert reasons == {"correct": "correct", "wrong_answer": "wrong_answer", "runtime_error": "runtime_error",
+                       "compile_error": "compile_error", "missing": "runtime_error", "early_exit": "runtime_error"}
+    assert [r.reward for r in results] == [1.0] + [0.0] * 5
+
+
+def test_leetcode_programs_get_the_originals_preamble():
+    # BASE_IMPORTS and BASE_LEETCODE_IMPORTS: typing names, math.inf, pairwise, `bisect` the
+    # module, `time` the function, and the linked-list / tree helpers; the solution's own
+    # assert is a runtime error, not a wrong answer
+    code = """
+class Solution:
+    def f(self, nums: List[int], root: Optional[TreeNode]) -> Tuple[int, Optional[ListNode]]:
+        assert bisect.bisect_left([1, 3], 2) == 1 and isinstance(time(), float) and nums
+        best = max((b - a for a, b in pairwise(nums)), default=-inf)
+        return best + root.left.val, list_node(sorted(Counter(nums)))
+"""
+    check = """
+def check(candidate):
+    best, head = candidate(nums=[1, 4, 4, 9], root=tree_node([1, 2, None, 3]))
+    assert best == 7
+    assert is_same_list(head, list_node([1, 4, 9]))
+    assert is_same_tree(tree_node([1, None, 2]), TreeNode(1, None, TreeNode(2)))
+    assert not is_same_tree(tree_node([1, 2]), tree_node([1, None, 2]))
+
+check(Solution().f)
+"""
+    good, own_assert = grade_code_batch([fenced(code), fenced(code.replace("and nums", "and not nums"))],
+                                        [{"functional": check}] * 2, workers=2)
+    assert (good.reason, own_assert.reason) == ("correct", "runtime_error")
+
+
+@pytest.mark.parametrize("code_tests", ["original", "all"])
+def test_leetcode_script_runs_once_at_30_s(monkeypatch, code_tests):
+    runs = []
+
+    def run(program, stdin, limits, files, argv):
+        runs.append((limits.time_s, sorted(files), argv))
+        return SandboxResult(code_reward.CHECKED_LINE + "\n", "", 0, False, False, False, 0.0, 0.0, 0.0,
+                             Isolation(None, False, False, False))
+
+    monkeypatch.setattr(code_reward, "run_sandboxed", run)
+    tests = {"functional": "def check(candidate):\n    assert candidate() == 1\n\ncheck(Solution().f)"}
+    for source in ("leetcode", "taco", None):
+        assert grade_code(fenced("x = 1"), tests, data_source=source, code_tests=code_tests, max_tests=1).correct
+    assert runs == [(30.0, ["check.py", "solution.py"], ("functional", "plain"))] * 3
+    runs.clear()
+    grade_code(fenced("import numpy as np"), tests, data_source="leetcode", code_tests=code_tests, time_limit_s=2.5)
+    assert runs == [(2.5, ["check.py", "solution.py"], ("functional", "numpy"))]  # reward.timeout_s overrides
+
+
+def test_reference_solutions_of_the_packaged_leetcode_set_pass(leetcode):
+    picked = leetcode[1:6]
+    results = grade_code_batch([fenced(solution) for _, solution in picked], [r["ground_truth"] for r, _ in picked],
+                               data_sources=[r["data_source"] for r, _ in picked], workers=2)
+    assert [r.reason for r in results] == ["correct"] * 5

@@ -76,7 +76,8 @@ def test_print_config_shows_the_effective_config(capsys):
                  "compat.original_compat=true", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["grpo"]["unclipped_objective"] is True and printed["grpo"]["train_forced_tokens"] is True
-    assert printed["rollout"]["eos_in_thinking"] == "append_close"
+    assert printed["rollout"]["eos_in_thinking"] == "stop" and printed["grpo"]["loss_scale"] == "verl"
+    assert printed["grpo"]["phantom_eos"] is True and printed["reward"]["grader"] == "original"
     assert printed["optim"]["total_steps"] == 400
 
 

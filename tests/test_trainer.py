@@ -55,7 +55,10 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(straight_run):
     out = Path(cfg.run.out_dir)
     assert result.start_step == 0 and result.final_step == STEPS
     rows = read_metrics(out)
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in rows] == list(range(0, STEPS + 1))
+    # step 0: the initial policy's validation (the original's val_before_train), nothing else
+    initial, rows = rows[0], rows[1:]
+    assert "val/toy/t2/avg_at_n" in initial and "reward/mean" not in initial
     for key in ("reward/mean", "reward/accuracy", "groups/solved_all", "groups/solved_none",
                 "response/thinking_mean", "response/solution_mean", "response/truncation_rate",
                 "actor/kl", "actor/entropy", "actor/clip_frac", "actor/grad_norm", "actor/learning_rate",
@@ -132,7 +135,7 @@ def test_resume_after_kill_during_save_reproduces_the_metrics(tiny, straight_run
     assert result.start_step == 2 and result.final_step == STEPS
     resumed = [deterministic_view(r) for r in read_metrics(out)]
     expected = [deterministic_view(r) for r in read_metrics(straight.out_dir)]
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in resumed] == list(range(0, STEPS + 1))
     assert resumed == expected
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 3, 4]
 
@@ -153,8 +156,8 @@ def test_no_kl_keeps_no_reference_and_compat_trains_the_forced_close(tiny):
                                    "run.validation.every": 1, "run.validation.grader": "eval",
                                    "run.validation.batch_size": 3, "checkpoint.async_save": False})
     eff = cfg.effective()
-    assert eff.grpo.train_forced_tokens and eff.grpo.unclipped_objective
-    assert eff.rollout.eos_in_thinking == "append_close"
+    assert eff.grpo.train_forced_tokens and eff.grpo.unclipped_objective and eff.grpo.phantom_eos
+    assert eff.rollout.eos_in_thinking == "stop" and eff.grpo.loss_scale == "verl"
     row = train(cfg, generate_fn=reference_generate).last_metrics
     assert "actor/kl" not in row  # no reference log-probs were computed
     # validated by e1jax eval with its math grader (and its EOS rule, not the compat one):
@@ -253,7 +256,7 @@ def test_validation_rows_are_the_shared_evaluation(tiny, straight_run):
                             seed=step_seed(cfg.run.seed, STEPS, VALIDATION_STREAM), max_prompt_len=cfg.data.max_prompt_len)
     results = Evaluation(validation_task(cfg, task), sets, settings, model_config=config,
                          batch_size=len(sets["toy"])).run(config, params, mesh=mesh, progress=False, keep_samples=True)
-    row = read_metrics(result.out_dir)[STEPS - 1]
+    row = read_metrics(result.out_dir)[STEPS]  # rows 0 (the initial validation) to STEPS
     val = {k: v for k, v in row.items() if k.startswith("val/")}
     assert val == validation_metrics(results)
     assert set(val) == {f"val/toy/t{b}/{m}" for b in (2, 6) for m in AVERAGED}
@@ -287,6 +290,9 @@ def test_math_recipe_matches_the_paper():
     assert (cfg.grpo.kl_coef, cfg.grpo.entropy_coef, cfg.grpo.clip_low, cfg.grpo.clip_high) == (0.001, 0.001, 0.2, 0.2)
     assert (cfg.optim.learning_rate, cfg.optim.weight_decay, cfg.optim.grad_clip) == (1e-6, 0.01, 1.0)
     assert cfg.run.steps == 200 and cfg.data.max_prompt_len == 1024 and cfg.reward.kind == "math"
+    # validation as the original: AIME before training and every 10 steps, n 8, temperature 0.6, top-p 0.95
+    v = cfg.run.validation
+    assert (v.datasets, v.every, v.before_train, v.n, v.temperature, v.top_p) == (("aime",), 10, True, 8, 0.6, 0.95)
 
 
 def test_code_recipe_matches_the_paper():
@@ -294,3 +300,6 @@ def test_code_recipe_matches_the_paper():
     assert cfg.model.path == "agentica-org/DeepCoder-14B-Preview"
     assert (cfg.grpo.kl_coef, cfg.grpo.entropy_coef, cfg.grpo.clip_low, cfg.grpo.clip_high) == (0.0, 0.0, 0.2, 0.28)
     assert cfg.run.steps == 300 and cfg.data.max_prompt_len == 2048 and cfg.reward.kind == "code"
+    v = cfg.run.validation
+    assert (v.datasets, v.every, v.before_train, v.top_p) == (("livecodebench",), 10, True, 0.95)
+    assert not any(f.endswith(":lcbv5/test") or f.endswith(":codeforces/test") for f in cfg.data.train_files)

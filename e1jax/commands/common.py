@@ -7,7 +7,7 @@ import argparse
 from e1jax.dtypes import AUTO, DTYPES
 from e1jax.errors import E1Error
 from e1jax.mesh_spec import DEFAULT_MESH
-from e1jax.task import BUILTIN_REWARDS, INSTRUCTION_RULES, PromptSpec, RewardSpec
+from e1jax.task import BUILTIN_REWARDS, CODE_TESTS, INSTRUCTION_RULES, MATH_GRADERS, PromptSpec, RewardSpec
 
 
 def add_model_args(parser: argparse.ArgumentParser, mesh: bool = True, required: bool = True) -> None:
@@ -34,7 +34,8 @@ def prompt_spec(args: argparse.Namespace) -> PromptSpec:
 
 
 def add_reward_args(parser: argparse.ArgumentParser, *aliases: str) -> None:
-    """--reward, --grade-workers, --grade-timeout; `aliases`: extra flag names, in that order."""
+    """--reward, --grade-workers, --grade-timeout, --grader, --code-tests; `aliases`: extra names of the
+    first three, in order."""
     names = dict(zip(("reward", "workers", "timeout"), aliases))
     parser.add_argument("--reward", *(("--" + names["reward"],) if "reward" in names else ()), dest="reward",
                         default="auto", metavar="KIND",
@@ -44,11 +45,17 @@ def add_reward_args(parser: argparse.ArgumentParser, *aliases: str) -> None:
                         dest="grade_workers", type=int, default=0, help="parallel graders (default: CPU count)")
     parser.add_argument("--grade-timeout", *(("--" + names["timeout"],) if "timeout" in names else ()),
                         dest="grade_timeout", type=float, default=0.0,
-                        help="seconds per math answer / per code test (default: 5 / 6)")
+                        help="seconds per math answer / per code test (default: 5, original grader 30 / by --code-tests)")
+    parser.add_argument("--grader", choices=MATH_GRADERS, default="e1jax",
+                        help="math rules: e1jax's (default) or the original E1 grader's, to compare with the paper")
+    parser.add_argument("--code-tests", choices=CODE_TESTS, default="original",
+                        help="code tests run: the original's per data_source (default: the 15 longest inputs at "
+                        "12 s each, livecodebench all at 6 s) or all at 6 s each")
 
 
 def reward_spec(args: argparse.Namespace, **extra) -> RewardSpec:
-    return RewardSpec(kind=args.reward, workers=args.grade_workers, timeout_s=args.grade_timeout, **extra)
+    return RewardSpec(kind=args.reward, workers=args.grade_workers, timeout_s=args.grade_timeout,
+                      grader=args.grader, code_tests=args.code_tests, **extra)
 
 
 def parse_ids(text: str, flag: str) -> list[int]:

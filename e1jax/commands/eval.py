@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION)
     add_model_args(parser, required=False)
     parser.add_argument("--data", nargs="+", help="dataset names (aime, amc, math, minerva, olympiad_bench, gsm8k, "
-                        "codeforces) or files/folders; comma-separated or space-separated")
+                        "codeforces; livecodebench from the Hub), files/folders or hf://owner/name[:[config/]split]; "
+                        "comma-separated or space-separated")
     parser.add_argument("--mode", choices=MODES, default="elastic",
                         help="elastic: the thinking budgets; plain: unconstrained up to --max-new-tokens; both")
     parser.add_argument("--think-budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
@@ -54,6 +55,9 @@ def register(subparsers) -> None:
     parser.add_argument("--eos-in-thinking", choices=EOS_IN_THINKING, default="stop",
                         help="EOS while thinking ends the sample (stop) or, as the original did, gets </think> appended")
     add_reward_args(parser)
+    parser.add_argument("--original-compat", action="store_true",
+                        help="evaluate as the original's main_generation.py: --eos-in-thinking append_close "
+                        "--grader original")
     parser.add_argument("--name", default=None, help="the model's name in tables (default: the model folder's name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="output folder (required unless --report)")
@@ -101,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("model", "data", "out"):
         if not getattr(args, flag):
             raise E1Error(f"--{flag} is required" + (" (or use --report)" if flag == "model" else ""))
+    if args.original_compat:
+        args.eos_in_thinking, args.grader = "append_close", "original"
     settings = EvalSettings(
         mode=args.mode, think_budgets=parse_budgets(args.think_budgets), solution_budget=args.solution_budget,
         max_new_tokens=args.max_new_tokens, n=args.n, temperature=args.temperature, top_p=args.top_p,

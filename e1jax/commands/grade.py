@@ -50,11 +50,13 @@ def read_records(path: Path) -> list[tuple[str, dict]]:
 def check_math_truths(numbered: list[tuple[str, dict]], task) -> None:
     """A malformed math ground truth names its line, before anything is graded."""
     from e1jax.rewards.math import ground_truth_answers
+    from e1jax.rewards.original_math import ground_truths
 
+    parse = ground_truths if task.reward.grader == "original" else ground_truth_answers
     for where, record in numbered:
         if task.grader_of(record) == "math":
             try:
-                ground_truth_answers(record["ground_truth"])
+                parse(record["ground_truth"])
             except E1Error as err:
                 raise E1Error(f"{where}: {err}") from None
 

@@ -18,7 +18,11 @@ Accepted row layouts, detected per row:
   `reward_model.ground_truth`, `data_source`, `ability` (code tests are a
   JSON string there and are decoded);
 - generic rows with `question` instead of `problem` or `ground_truth` instead
-  of `answer`.
+  of `answer`;
+- DeepCoder / LiveCodeBench rows: `problem`, `tests`, `metadata.func_name`
+  (attached to the tests) and, for data_source livecodebench, `starter_code`
+  (the problem becomes the original's LiveCodeBench prompt, see
+  `e1jax.data.deepcoder`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from e1jax.data.deepcoder import LIVECODEBENCH, lcb_prompt, with_func_name
 from e1jax.data.prompts import strip_e1_instruction
 from e1jax.brackets import matching_close
 from e1jax.errors import E1Error
@@ -58,7 +63,8 @@ def read_dataset_dir(directory: str | Path, *, data_source: str, split: str | No
     """Read every supported file under `directory` (sorted), optionally one split only.
 
     A file belongs to split S when a folder on its path is named S or its name
-    starts with S followed by '-', '_' or '.' (the Hugging Face Hub layouts).
+    starts with S followed by '-', '_' or '.' (the Hugging Face Hub layouts);
+    to split "C/S" when it belongs to split S within the top folder C (a config).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -94,7 +100,10 @@ def normalize_row(row: Any, *, index: int, data_source: str, where: str) -> Reco
         tests = row["tests"]
         if tests is None:
             raise E1Error(f"{where}: field 'tests' is empty")
-        return _record(index, source, "code", strip_e1_instruction(problem), _decode_tests(tests, where))
+        tests = with_func_name(_decode_tests(tests, where), row.get("metadata"), where)
+        if source == LIVECODEBENCH:
+            problem = lcb_prompt(problem, row.get("starter_code"))
+        return _record(index, source, "code", strip_e1_instruction(problem), tests)
     answer = _first_present(row, ("answer", "ground_truth"))
     if answer is None and isinstance(row.get("reward_model"), Mapping):
         answer = row["reward_model"].get("ground_truth")
@@ -170,6 +179,10 @@ def _existing(path: Path) -> Path:
 
 
 def _in_split(relative: Path, split: str) -> bool:
+    config, nested, rest = split.partition("/")
+    if nested:  # "config/split": the split within the config's folder
+        parts = relative.parts
+        return len(parts) > 1 and parts[0] == config and _in_split(Path(*parts[1:]), rest)
     if split in relative.parts[:-1]:
         return True
     name = relative.name

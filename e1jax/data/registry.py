@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from e1jax.data.hub import HUB_PREFIX, load_hub_dataset, parse_hub_name
+from e1jax.data import deepcoder
+from e1jax.data.hub import HUB_PREFIX, hub_dataset_name, load_hub_dataset, parse_hub_name
 from e1jax.data.readers import SUPPORTED_SUFFIXES, Record, read_dataset_dir, read_dataset_file
 from e1jax.errors import E1Error
 
@@ -25,6 +26,11 @@ KNOWN_DATASETS: dict[str, str] = {
     "codeforces": "code/codeforces.json",
     "code_contests": "code/code_contests.json",
     "leetcode": "code/leetcode.json",
+}
+# Evaluation sets read from the Hugging Face Hub (LiveCodeBench v5, 2024-08 to 2025-01, as
+# the original's test_livecodebench.parquet).
+HUB_DATASETS: dict[str, str] = {
+    "livecodebench": f"{HUB_PREFIX}{deepcoder.REPO}:lcbv5/test",
 }
 PACKAGED_DATA = Path(__file__).resolve().parent / "e1_test"
 
@@ -54,13 +60,16 @@ def known_dataset_path(name: str, root: str | Path | None = None) -> Path:
 
 
 def resolve_dataset(name_or_path: str | Path, *, root: str | Path | None = None) -> tuple[str, list[Record]]:
-    """A known name, a file, a folder of files, or hf://owner/name[:split] -> (name, records)."""
+    """A known name, a file, a folder of files, or hf://owner/name[:[config/]split] -> (name, records)."""
     spec = str(name_or_path)
     if spec in KNOWN_DATASETS:
         return spec, read_dataset_file(known_dataset_path(spec, root), data_source=spec)
+    if spec in HUB_DATASETS:
+        repo_id, split = parse_hub_name(HUB_DATASETS[spec])
+        return spec, load_hub_dataset(repo_id, split=split)
     if spec.startswith(HUB_PREFIX):
         repo_id, split = parse_hub_name(spec)
-        return repo_id.split("/")[1], load_hub_dataset(repo_id, split=split)
+        return hub_dataset_name(repo_id, split), load_hub_dataset(repo_id, split=split)
     path = Path(spec).expanduser()
     if path.is_file():
         return path.stem, read_dataset_file(path)
@@ -71,5 +80,5 @@ def resolve_dataset(name_or_path: str | Path, *, root: str | Path | None = None)
             raise E1Error(f"unsupported dataset file type '{path.suffix}' for {spec} "
                           f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
         raise E1Error(f"dataset file not found: {spec}")
-    raise E1Error(f"unknown dataset '{spec}'; known: {', '.join(KNOWN_DATASETS)} "
+    raise E1Error(f"unknown dataset '{spec}'; known: {', '.join([*KNOWN_DATASETS, *HUB_DATASETS])} "
                   f"(or give a {'/'.join(SUPPORTED_SUFFIXES)} file, a folder, or {HUB_PREFIX}owner/name)")

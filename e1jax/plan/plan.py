@@ -178,6 +178,8 @@ def step_inputs(cfg: TrainConfig, programs: StepPrograms, shapes: StepShapes, id
               "old_logp": ((rows, width), jnp.float32), "ref_logp": ((rows, width), jnp.float32)}
     if not cfg.grpo.use_kl:
         fields.pop("ref_logp")
+    if cfg.grpo.loss_scale == "verl":
+        fields["token_weight"] = ((rows,), jnp.float32)
     batch = TrainBatch(**{name: _batch_arg(shape, dtype, getattr(BATCH_LOGICAL_AXES, name), mesh, f"update batch {name}")
                           for name, (shape, dtype) in fields.items()})
     update = ProgramInputs(programs.update, (state, batch), {}, mesh)

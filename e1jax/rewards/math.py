@@ -7,7 +7,8 @@ Hendrycks-normalised strings (cheap, in process), then symbolic equality with
 math-verify. The symbolic part runs in a pool of long-lived worker processes
 so that it can be cut off after `timeout_s` from any thread (math-verify's own
 timeout uses SIGALRM: main thread only, and it cannot interrupt a big-integer
-power computed in C); a timed-out worker is killed and replaced.
+power computed in C); a timed-out worker is killed and replaced. The same pool runs the
+sympy part of `e1jax.rewards.original_math` (requests with "rules": "original").
 Reward is 1.0 for "correct", 0.0 for every other reason ("format_error",
 "no_answer", "mismatch", "timeout", "grader_error" when a worker crashed).
 A boxed answer over MAX_ANSWER_CHARS is a "mismatch" without being read.
@@ -142,7 +143,7 @@ def compare_answers(answer: str, golds: Sequence[str], *, timeout_s: float = 5.0
     # Numbers have one canonical spelling after strip_string, so unequal strings are unequal numbers.
     if exact_number(normalized) is not None and all(exact_number(g) is not None for g in gold_normalized):
         return "mismatch"
-    return _POOL.compare(answer, list(golds), timeout_s)
+    return _POOL.verdict({"answer": answer, "golds": list(golds)}, timeout_s)
 
 
 def grade_math_batch(
@@ -154,6 +155,15 @@ def grade_math_batch(
     require_think_close: bool = True,
 ) -> list[GradeResult]:
     """Grade many responses in parallel, results in input order; at most `workers` symbolic checks at once."""
+
+    def one(response, truth):
+        return grade_math(response, truth, timeout_s=timeout_s, require_think_close=require_think_close)
+
+    return run_batch(one, responses, ground_truths, workers)
+
+
+def run_batch(grade_one, responses: Sequence[str], ground_truths: Sequence, workers: int | None) -> list:
+    """grade_one(response, truth) over the pairs on `workers` threads (and as many verifier processes), in order."""
     responses = list(responses)
     ground_truths = list(ground_truths)
     if len(responses) != len(ground_truths):
@@ -162,15 +172,10 @@ def grade_math_batch(
     if workers < 1:
         raise E1Error(f"workers must be at least 1, got {workers}")
     _POOL.reserve(workers)
-
-    def one(pair):
-        return grade_math(pair[0], pair[1], timeout_s=timeout_s, require_think_close=require_think_close)
-
-    pairs = list(zip(responses, ground_truths))
-    if workers == 1 or len(pairs) <= 1:
-        return [one(pair) for pair in pairs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as executor:
-        return list(executor.map(one, pairs))
+    if workers == 1 or len(responses) <= 1:
+        return [grade_one(r, t) for r, t in zip(responses, ground_truths)]
+    with ThreadPoolExecutor(max_workers=min(workers, len(responses))) as executor:
+        return list(executor.map(grade_one, responses, ground_truths))
 
 
 # ------------------------------------------------- symbolic comparison pool
@@ -249,11 +254,11 @@ class _VerifierPool:
             self.max_size = max(self.max_size, size)
             self._cond.notify_all()
 
-    def compare(self, answer: str, golds: list[str], timeout_s: float) -> str:
+    def verdict(self, request: dict, timeout_s: float) -> str:
         worker = self._acquire()
         healthy = False
         try:
-            reply = worker.ask({"answer": answer, "golds": golds}, timeout_s)
+            reply = worker.ask(request, timeout_s)
             if reply is None:
                 return "grader_error"  # the worker died on this input
             if reply.get("timeout"):
@@ -311,6 +316,12 @@ _POOL = _VerifierPool()
 atexit.register(_POOL.close)
 
 
+def pool_verdict(request: dict, timeout_s: float) -> str:
+    """A verifier worker's "correct" / "mismatch" on a request ("rules": "e1jax" or "original"),
+    "timeout" past `timeout_s`, "grader_error" when it failed."""
+    return _POOL.verdict(request, timeout_s)
+
+
 def close_verifier_workers() -> None:
     """Stop the symbolic-comparison worker processes (they restart on the next comparison)."""
     _POOL.close()
@@ -357,11 +368,17 @@ def worker_main() -> None:
                 return True
         return False
 
+    def original_matches(request: dict) -> bool:
+        from e1jax.rewards.original_sympy import symbolic_match
+
+        return symbolic_match(request["candidates"])
+
+    rules = {"e1jax": lambda request: matches(request["answer"], request["golds"]), "original": original_matches}
     protocol.write(b'{"ready": true}\n')
     for line in sys.stdin.buffer:
         try:
             request = json.loads(line)
-            reply = {"match": bool(matches(request["answer"], request["golds"]))}
+            reply = {"match": bool(rules[request.get("rules", "e1jax")](request))}
         except Exception as err:  # noqa: BLE001 - any failure is reported, the worker keeps serving
             reply = {"error": f"{type(err).__name__}: {err}"[:500]}
         protocol.write(json.dumps(reply).encode() + b"\n")

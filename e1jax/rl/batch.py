@@ -29,7 +29,10 @@ class TrainBatch:
     advantages: Any  # (N,) f32
     old_logp: Any = None  # (N, L) f32: behaviour log-probs (the trainer's, under the step's params)
     ref_logp: Any = None  # (N, L) f32: reference-policy log-probs; None without KL
-    sampler_logp: Any = None  # (N, L) f32: the sampler's, where loss_mask (the rollout/logp_diff diagnostic)
+    # (N, L) f32: the sampler's, where loss_mask (the rollout/logp_diff diagnostic); NaN on a trained
+    # token it never sampled (the phantom EOS)
+    sampler_logp: Any = None
+    token_weight: Any = None  # (N,) f32: each trained token's loss weight; None: 1 / the mini-batch's token count
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -51,6 +54,7 @@ BATCH_LOGICAL_AXES = TrainBatch(
     old_logp=("batch", "length"),
     ref_logp=("batch", "length"),
     sampler_logp=("batch", "length"),
+    token_weight=("batch",),
 )
 
 

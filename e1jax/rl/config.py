@@ -62,6 +62,9 @@ class BatchSection:
     micro_batch: int = 0  # sequences per forward/backward pass; 0: the whole mini-batch at once
 
 
+LOSS_SCALES = ("token_mean", "verl")
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     """The GRPO objective (e1jax.rl.grpo.grpo_loss)."""
@@ -77,6 +80,16 @@ class GRPOConfig:
     train_forced_tokens: bool = False
     # The original's vendored verl computes the clipped PPO term, then averages the unclipped one.
     unclipped_objective: bool = False
+    # The original trains an EOS it never sampled after every solution cut at its budget
+    # (responses right-padded with pad = EOS, and the loss mask takes the first pad).
+    phantom_eos: bool = False
+    # token_mean: every trained token of a mini-batch weighs 1 / its token count. verl: the
+    # original's dynamic micro-batches (each rank's rows cut into balanced micro-batches of
+    # at most verl_max_token_len tokens), each back-propagating its own token mean, summed,
+    # averaged over verl_world_size ranks (e1jax.rl.verl_scale).
+    loss_scale: Literal["token_mean", "verl"] = "token_mean"
+    verl_world_size: int = 8  # the original's 8 GPUs
+    verl_max_token_len: int = 32768  # its ppo_max_token_len_per_gpu
 
     def __post_init__(self):
         if self.clip_low < 0 or self.clip_high < 0:
@@ -85,6 +98,11 @@ class GRPOConfig:
             raise E1Error(f"GRPO temperature must be > 0 (it divides the logits), got {self.temperature}")
         if self.kl_coef < 0 or self.kl_clamp <= 0:
             raise E1Error(f"kl_coef must be >= 0 and kl_clamp > 0, got {self.kl_coef}/{self.kl_clamp}")
+        if self.loss_scale not in LOSS_SCALES:
+            raise E1Error(f"grpo.loss_scale must be one of {', '.join(LOSS_SCALES)}, got {self.loss_scale!r}")
+        if self.verl_world_size < 1 or self.verl_max_token_len < 1:
+            raise E1Error(f"grpo.verl_world_size and grpo.verl_max_token_len must be positive, "
+                          f"got {self.verl_world_size}/{self.verl_max_token_len}")
 
     @property
     def use_kl(self) -> bool:
@@ -141,6 +159,7 @@ class ValidationSection:
     batch_size: int = 0  # problems per sampler call; 0: rollout.chunk_prompts (all of a set when that is 0)
     # eval: e1jax eval's graders (math or code by each problem's ability); reward: the run's reward.kind
     grader: Literal["eval", "reward"] = "eval"
+    before_train: bool = True  # also validate the initial policy (step 0), as the original's val_before_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +175,9 @@ class RunSection:
 
 @dataclasses.dataclass(frozen=True)
 class CompatSection:
-    # The original's quirks: unclipped PPO objective, the forced </think> trained on,
-    # EOS while thinking followed by an appended </think>.
+    # Train exactly as the original (docs/faithfulness.md): the unclipped objective, the forced
+    # </think> and the phantom EOS trained on, verl's loss scale, the original's math grader,
+    # a sample that emits EOS while thinking stops there (reward 0, nothing after it trained).
     original_compat: bool = False
 
 
@@ -187,16 +207,18 @@ class TrainConfig:
         return self.batch.prompts_per_step // self.batch.mini_batch
 
     def effective(self) -> TrainConfig:
-        """The config actually run: with compat.original_compat, the original's quirks
-        switched on; the GRPO temperature follows the rollout temperature; the optimizer's
-        schedule length is run.steps x updates per step (optimizer steps)."""
+        """The config actually run: with compat.original_compat, each of the original's
+        switches set its way; the GRPO temperature follows the rollout temperature; the
+        optimizer's schedule length is run.steps x updates per step (optimizer steps)."""
         grpo = dataclasses.replace(self.grpo, temperature=self.rollout.temperature)
         optim = dataclasses.replace(self.optim, total_steps=self.run.steps * self.updates_per_step)
-        rollout = self.rollout
+        rollout, reward = self.rollout, self.reward
         if self.compat.original_compat:
-            grpo = dataclasses.replace(grpo, train_forced_tokens=True, unclipped_objective=True)
-            rollout = dataclasses.replace(rollout, eos_in_thinking="append_close")
-        return dataclasses.replace(self, grpo=grpo, rollout=rollout, optim=optim)
+            grpo = dataclasses.replace(grpo, train_forced_tokens=True, unclipped_objective=True, phantom_eos=True,
+                                       loss_scale="verl")
+            rollout = dataclasses.replace(rollout, eos_in_thinking="stop")
+            reward = dataclasses.replace(reward, grader="original")
+        return dataclasses.replace(self, grpo=grpo, rollout=rollout, optim=optim, reward=reward)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -216,6 +238,10 @@ def check_train_config(cfg: TrainConfig) -> None:
              f"batch.micro_batch ({b.micro_batch}) must divide the mini-batch's {rows} sequences "
              f"(batch.mini_batch {b.mini_batch} x rollout.n {r.n})")
     _require(r.n >= 2, f"rollout.n must be at least 2 (GRPO compares samples of a prompt), got {r.n}")
+    verl_scale = cfg.grpo.loss_scale == "verl" or cfg.compat.original_compat
+    _require(not verl_scale or rows % cfg.grpo.verl_world_size == 0,
+             f"grpo.verl_world_size ({cfg.grpo.verl_world_size}) must divide the mini-batch's {rows} sequences "
+             "under grpo.loss_scale=verl (or compat.original_compat)")
     _require(r.think_budget > 0 and r.solution_budget > 0,
              f"rollout budgets must be positive, got think_budget={r.think_budget} solution_budget={r.solution_budget}")
     _require(r.temperature > 0, f"rollout.temperature must be > 0 for training, got {r.temperature}")

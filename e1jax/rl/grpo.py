@@ -94,6 +94,7 @@ def grpo_loss(
     ref_logp: jax.Array | None = None,
     entropy: jax.Array | None = None,
     num_tokens: jax.Array | float | None = None,
+    token_weight: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Token-level GRPO loss, token-mean over `num_tokens` (default: this batch's count).
 
@@ -102,6 +103,8 @@ def grpo_loss(
     summing them over micro-batches that share one `num_tokens` gives the mini-batch
     value; `ratio_max`/`ratio_min` are -inf/+inf when no token is masked in. How each
     metric combines over micro- and mini-batches: e1jax.rl.update.METRIC_REDUCTION.
+    `token_weight` (B,): the weight of each of a row's trained tokens in the returned loss
+    instead of 1 / num_tokens (verl's loss scale, e1jax.rl.verl_scale); metrics stay token means.
     """
     mask = loss_mask.astype(bool)
     logp = logp.astype(jnp.float32)
@@ -124,6 +127,7 @@ def grpo_loss(
 
     pg_loss = _masked_sum(pg_terms, mask) / denom
     loss = pg_loss
+    objective_terms = pg_terms
     metrics = {
         "pg_loss": pg_loss,
         "clip_frac": _masked_sum((clip_high | clip_low).astype(jnp.float32), mask) / denom,
@@ -141,11 +145,16 @@ def grpo_loss(
         metrics["kl"] = kl
         if cfg.kl_coef:
             loss = loss + cfg.kl_coef * kl
+            objective_terms = objective_terms + cfg.kl_coef * kl_terms
     if entropy is not None:
-        ent = _masked_sum(entropy.astype(jnp.float32), mask) / denom
+        ent_terms = entropy.astype(jnp.float32)
+        ent = _masked_sum(ent_terms, mask) / denom
         metrics["entropy"] = ent
         if cfg.entropy_coef:
             loss = loss - cfg.entropy_coef * ent
+            objective_terms = objective_terms - cfg.entropy_coef * ent_terms
+    if token_weight is not None:
+        loss = _masked_sum(objective_terms * token_weight.astype(jnp.float32)[:, None], mask)
     metrics["loss"] = loss
     return loss, metrics
 

@@ -40,7 +40,8 @@ class MetricsLogger:
     """Appends rows to `<out_dir>/metrics.jsonl` and scalars to `<out_dir>/tensorboard`.
 
     `resume_step`: rows (and TensorBoard events) of later steps are dropped, so
-    that a run resumed from checkpoint `resume_step` rewrites them once.
+    that a run resumed from checkpoint `resume_step` rewrites them once; a fresh start
+    (0) drops every row, the initial validation's step 0 included.
     Inactive (all methods no-ops) on processes other than 0.
     """
 
@@ -75,7 +76,7 @@ class MetricsLogger:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
-            if row.get("step", math.inf) <= step:
+            if step > 0 and row.get("step", math.inf) <= step:
                 kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 

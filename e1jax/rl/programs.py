@@ -68,8 +68,8 @@ def check_context(cfg: TrainConfig, model_config: ModelConfig, ids: SpecialIds) 
     """The longest prompt (data.max_prompt_len) plus the budgets, of the rollouts and of the
     validation, fit the model's context (`e1jax.sampling.check_context`)."""
     check = functools.partial(check_context_of, model_config, longest_prompt=cfg.data.max_prompt_len, ids=ids)
-    check(think_budget=cfg.rollout.think_budget, solution_budget=cfg.rollout.solution_budget,
-          where="data.max_prompt_len with the rollout budgets")
+    check(think_budget=cfg.rollout.think_budget, solution_budget=cfg.rollout.solution_budget + int(cfg.grpo.phantom_eos),
+          where="data.max_prompt_len with the rollout budgets" + (" and the phantom EOS" if cfg.grpo.phantom_eos else ""))
     v = cfg.run.validation
     if v.datasets and v.every:
         check(think_budget=max(v.think_budgets), solution_budget=v.solution_budget,
@@ -117,7 +117,8 @@ class StepShapes:
         decode = DecodeShapes.of(prompts, cfg.data.max_prompt_len, n=r.n, steps=steps, mesh=inference_mesh,
                                  eos_in_thinking=r.eos_in_thinking)
         return cls(decode=decode, sequences=b.prompts_per_step * r.n, update_rows=update_rows(cfg),
-                   prompt_width=prompt_bucket(cfg.data.max_prompt_len), response_width=decode.out_width)
+                   prompt_width=prompt_bucket(cfg.data.max_prompt_len),
+                   response_width=decode.out_width + int(cfg.grpo.phantom_eos))
 
 
 def placeholder_ids() -> SpecialIds:

@@ -150,28 +150,39 @@ def run_rollout(
 
 
 def build_sequences(rollout: Rollout, *, pad_id: int, train_forced_tokens: bool = False,
-                    min_prompt_width: int = 0) -> TrainBatch:
+                    phantom_eos_id: int | None = None, min_prompt_width: int = 0) -> TrainBatch:
     """Lay the rollout out for the trainer: the step's TrainBatch (host arrays, no trainer
     log-probs yet). The loss mask covers the sampled response tokens (EOS included); the
-    forced close only with `train_forced_tokens`."""
+    forced close only with `train_forced_tokens`. With `phantom_eos_id`, a response cut at
+    its solution budget gets that token appended and trained, as the original's mask trains
+    the first pad (= EOS) after it; the response width grows by one column for it."""
     gen = rollout.gen
-    n_rows, width = gen.tokens.shape
+    n_rows = gen.tokens.shape[0]
+    lengths = np.asarray(gen.lengths, np.int64)
+    gen_tokens, gen_logprobs, forced = gen.tokens, np.asarray(gen.logprobs, np.float32), np.asarray(gen.forced, bool)
+    if phantom_eos_id is not None:
+        gen_tokens = np.pad(gen_tokens, ((0, 0), (0, 1)), constant_values=pad_id)
+        gen_logprobs = np.pad(gen_logprobs, ((0, 0), (0, 1)))
+        forced = np.pad(forced, ((0, 0), (0, 1)))
+        phantom = np.asarray([reason == "solution_budget" for reason in gen.finish_reason])
+        gen_tokens[phantom, lengths[phantom]] = phantom_eos_id
+        gen_logprobs[phantom, lengths[phantom]] = np.nan
+        lengths = lengths + phantom
+    width = gen_tokens.shape[1]
     longest = max(len(p) for p in rollout.prompts)
     p_width = max(prompt_bucket(longest), min_prompt_width)  # one compile per bucket, not per step
     tokens = np.full((n_rows, p_width + width), pad_id, np.int32)
     attention = np.zeros((n_rows, p_width + width), bool)
-    lengths = np.asarray(gen.lengths, np.int64)
     for row, prompt_index in enumerate(gen.prompt_index):
         prompt = rollout.prompts[prompt_index]
         tokens[row, p_width - len(prompt):p_width] = prompt
         attention[row, p_width - len(prompt):p_width] = True
-    tokens[:, p_width:] = gen.tokens
+    tokens[:, p_width:] = gen_tokens
     real = np.arange(width)[None, :] < lengths[:, None]
     attention[:, p_width:] = real
     tokens[:, p_width:][~real] = pad_id
-    loss_mask = response_loss_mask(lengths, np.asarray(gen.forced, bool),
-                                   train_forced_tokens=train_forced_tokens, width=width)
-    sampler_logp = np.where(loss_mask, gen.logprobs, 0.0).astype(np.float32)
+    loss_mask = response_loss_mask(lengths, forced, train_forced_tokens=train_forced_tokens, width=width)
+    sampler_logp = np.where(loss_mask, gen_logprobs, 0.0).astype(np.float32)
     return TrainBatch(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
                       advantages=np.asarray(rollout.advantages, np.float32), sampler_logp=sampler_logp)
 

@@ -39,6 +39,7 @@ from e1jax.rl.rollout import (
     step_seed,
 )
 from e1jax.rl.validation import Validation
+from e1jax.rl.verl_scale import verl_batch
 
 # (event, step): "step_end" after a step's metrics are written, "save_started" once a
 # checkpoint save has been handed to orbax (it may still be writing).
@@ -68,12 +69,21 @@ def load_records(task: Any, specs: Sequence[str]) -> list[dict]:
 # ------------------------------------------------------------------ the loop
 
 
+VALIDATION_CONSOLE_METRIC = "/avg_at_n"
+
+
 def _console_line(step: int, row: dict[str, Any]) -> str:
     keys = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("response/length_mean", "len"),
             ("response/truncation_rate", "trunc"), ("actor/kl", "kl"), ("actor/entropy", "ent"),
             ("actor/grad_norm", "gnorm"), ("time/step_s", "s")]
     parts = [f"step {step}"] + [f"{short} {row[key]:.4g}" for key, short in keys if key in row]
+    parts += [f"{key} {value:.4g}" for key, value in row.items()
+              if key.startswith("val/") and key.endswith(VALIDATION_CONSOLE_METRIC)]
     return "  ".join(parts)
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -130,7 +140,12 @@ def _train_step(run: _Run, state: Any, ref_params: Any, step: int) -> tuple[Any,
                           mesh=inference.mesh, max_prompt_len=cfg.data.max_prompt_len, adv_eps=cfg.grpo.adv_eps,
                           generate_fn=run.generate_fn)
     del sampler_params  # its memory is the update's
-    seqs = build_sequences(rollout, pad_id=run.task.special_ids.pad_id, train_forced_tokens=cfg.grpo.train_forced_tokens)
+    ids = run.task.special_ids
+    seqs = build_sequences(rollout, pad_id=ids.pad_id, train_forced_tokens=cfg.grpo.train_forced_tokens,
+                           phantom_eos_id=ids.eos_ids[0] if cfg.grpo.phantom_eos else None)
+    if cfg.grpo.loss_scale == "verl":
+        seqs = verl_batch(seqs, update_rows=programs.update_rows, world_size=cfg.grpo.verl_world_size,
+                          max_token_len=cfg.grpo.verl_max_token_len)
 
     t_logp = time.perf_counter()
     batch = step_batch(programs, seqs, state.params, ref_params)  # placed once, old (and reference) log-probs in
@@ -191,6 +206,13 @@ def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: 
                 progress = tqdm(total=cfg.run.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
         row: dict[str, Any] = {}
         step = start_step
+        if start_step == 0 and cfg.run.validation.before_train and run.validation.sets:
+            t_val = time.perf_counter()
+            metrics = run.validation(run.programs.inference, state.params, 0)
+            metrics["time/validation_s"] = time.perf_counter() - t_val
+            row = logger.log(0, metrics)
+            if is_main:
+                (progress.write if progress is not None else _stderr_line)(_console_line(0, row))
         for step in range(start_step + 1, cfg.run.steps + 1):
             state, metrics = _train_step(run, state, ref_params, step)
             row = logger.log(step, metrics)
@@ -198,10 +220,7 @@ def train(cfg: TrainConfig, *, generate_fn: GenerateFn | None = None, callback: 
                 progress.update(1)
                 progress.set_postfix(reward=f"{row['reward/mean']:.3f}", len=f"{row['response/length_mean']:.0f}")
             if is_main and step % cfg.run.log_every == 0:
-                if progress is not None:
-                    progress.write(_console_line(step, row))
-                else:
-                    print(_console_line(step, row), file=sys.stderr, flush=True)
+                (progress.write if progress is not None else _stderr_line)(_console_line(step, row))
             if callback is not None:
                 callback("step_end", step)
             every = cfg.checkpoint.every

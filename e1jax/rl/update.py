@@ -318,7 +318,7 @@ def make_update_fn(
             entropy = jax.lax.stop_gradient(entropy)
         return grpo_loss(
             logp, mb.old_logp, mb.advantages, mb.loss_mask, grpo_cfg,
-            ref_logp=mb.ref_logp, entropy=entropy, num_tokens=num_tokens,
+            ref_logp=mb.ref_logp, entropy=entropy, num_tokens=num_tokens, token_weight=mb.token_weight,
         )
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -413,10 +413,10 @@ def step_update(programs: Any, state: TrainState, batch: TrainBatch) -> tuple[Tr
 
 @jax.jit
 def _masked_abs_diff(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(jnp.abs(a - b) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    mask = mask.astype(bool) & jnp.isfinite(b)
+    return jnp.sum(jnp.where(mask, jnp.abs(a - b), 0.0)) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def sampler_logp_diff(batch: TrainBatch) -> jax.Array:
-    """Mean |trainer - sampler| log-prob over the trained tokens: ~0 when both sides agree."""
+    """Mean |trainer - sampler| log-prob over the trained tokens the sampler drew: ~0 when both sides agree."""
     return _masked_abs_diff(batch.old_logp, batch.sampler_logp, batch.loss_mask)

@@ -122,43 +122,41 @@ def initial_state(cache: dict, pending: jax.Array, position: jax.Array, phase: j
     )
 
 
-def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSettings, *, pause_thinking: bool, eos_forces_close: bool) -> DecodeState:
-    live = state.phase != DONE
-    logits, cache = model_for(config, params).apply(
-        {"params": params},
-        state.pending[:, None],
-        state.position[:, None],
-        live[:, None],
-        state.cache,
-    )
-    logits = logits[:, 0]
-    phase = state.phase
+def advance(rows: Any, logits: jax.Array, s: LoopSettings, *, pause_thinking: bool = False,
+            eos_forces_close: bool = False) -> tuple[Any, dict[str, jax.Array]]:
+    """One token of the phase machine for every row, from the rows' logits (B, V).
+
+    `rows`: a flax dataclass with the per-row fields of DecodeState (pending, position, phase,
+    the counters, budgets, keys); returned with them advanced, and this step's
+    {"token", "logp", "forced", "active"} (B,): what each active row writes at its `out_len`."""
+    live = rows.phase != DONE
+    phase = rows.phase
 
     # Thinking budget exhausted before this token: force the close (or pause, for a sweep).
-    over = (phase == THINK) & (state.think_used >= state.think_budget)
+    over = (phase == THINK) & (rows.think_used >= rows.think_budget)
     if pause_thinking:
-        finish = jnp.where(over, PAUSED, state.finish)
+        finish = jnp.where(over, PAUSED, rows.finish)
         phase = jnp.where(over, DONE, phase)
     else:
-        finish = state.finish
+        finish = rows.finish
         phase = jnp.where(over, CLOSE, phase)
-    truncated = state.truncated | (over & (not pause_thinking))
+    truncated = rows.truncated | (over & (not pause_thinking))
     active = live & (phase != DONE)
 
     in_think = phase == THINK
-    keys = _token_keys(state.keys, state.key_offset + state.out_len)
+    keys = _token_keys(rows.keys, rows.key_offset + rows.out_len)
     sampled = sample_tokens(logits, keys, s.temperature, s.top_p, s.top_k)
     close_len = s.close_ids.shape[0]
-    forced_token = s.close_ids[jnp.clip(state.force_pos, 0, close_len - 1)]
+    forced_token = s.close_ids[jnp.clip(rows.force_pos, 0, close_len - 1)]
     is_forced = phase == CLOSE
     token = jnp.where(is_forced, forced_token, sampled)
     logp = token_logprob(logits, token, s.temperature)
     token = jnp.where(active, token, s.pad_id)
 
     is_eos = _in(token, s.eos_ids)
-    think_used = state.think_used + (active & in_think)
-    sol_used = state.sol_used + (active & (phase == SOLVE))
-    force_pos = state.force_pos + (active & is_forced)
+    think_used = rows.think_used + (active & in_think)
+    sol_used = rows.sol_used + (active & (phase == SOLVE))
+    force_pos = rows.force_pos + (active & is_forced)
 
     new_phase = phase
     # THINK transitions
@@ -180,36 +178,48 @@ def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSet
     in_solve = active & (phase == SOLVE)
     new_phase = jnp.where(in_solve & is_eos, DONE, new_phase)
     finish = jnp.where(in_solve & is_eos, EOS, finish)
-    budget_done = in_solve & ~is_eos & (sol_used >= state.solution_budget)
+    budget_done = in_solve & ~is_eos & (sol_used >= rows.solution_budget)
     new_phase = jnp.where(budget_done, DONE, new_phase)
     finish = jnp.where(budget_done, SOLUTION_BUDGET, finish)
 
-    # Every active row has written exactly `step` tokens (rows only ever stop), so this step's
-    # tokens go to column `step` of every row: a local column write wherever the rows live.
-    written = active & (state.step < state.tokens.shape[1])
-
-    def write(buffer, value):
-        old = jax.lax.dynamic_index_in_dim(buffer, state.step, axis=1, keepdims=False)
-        return jax.lax.dynamic_update_index_in_dim(buffer, jnp.where(written, value, old), state.step, axis=1)
-
-    tokens_out = write(state.tokens, token)
-    logp_out = write(state.logprobs, logp)
-    forced_out = write(state.forced, is_forced)
-
-    return state.replace(
-        cache=cache,
-        pending=jnp.where(active, token, state.pending),
-        position=state.position + active,
+    rows = rows.replace(
+        pending=jnp.where(active, token, rows.pending),
+        position=rows.position + active,
         phase=new_phase,
         think_used=think_used,
         sol_used=sol_used,
         force_pos=force_pos,
         truncated=truncated,
         finish=finish,
-        out_len=state.out_len + active,
-        tokens=tokens_out,
-        logprobs=logp_out,
-        forced=forced_out,
+        out_len=rows.out_len + active,
+    )
+    return rows, {"token": token, "logp": logp, "forced": is_forced, "active": active}
+
+
+def decode_step(config: ModelConfig, params: Any, state: DecodeState, s: LoopSettings, *, pause_thinking: bool, eos_forces_close: bool) -> DecodeState:
+    live = state.phase != DONE
+    logits, cache = model_for(config, params).apply(
+        {"params": params},
+        state.pending[:, None],
+        state.position[:, None],
+        live[:, None],
+        state.cache,
+    )
+    new, out = advance(state, logits[:, 0], s, pause_thinking=pause_thinking, eos_forces_close=eos_forces_close)
+
+    # Every active row has written exactly `step` tokens (rows only ever stop), so this step's
+    # tokens go to column `step` of every row: a local column write wherever the rows live.
+    written = out["active"] & (state.step < state.tokens.shape[1])
+
+    def write(buffer, value):
+        old = jax.lax.dynamic_index_in_dim(buffer, state.step, axis=1, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(buffer, jnp.where(written, value, old), state.step, axis=1)
+
+    return new.replace(
+        cache=cache,
+        tokens=write(state.tokens, out["token"]),
+        logprobs=write(state.logprobs, out["logp"]),
+        forced=write(state.forced, out["forced"]),
         step=state.step + 1,
     )
 
