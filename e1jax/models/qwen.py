@@ -48,6 +48,14 @@ def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, _dtype(cfg.param_dtype))
 
 
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMS normalisation over the last axis in fp32, scaled, in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+    normed = (x32 * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+    return scale.astype(x.dtype) * normed
+
+
 class RMSNorm(nn.Module):
     config: ModelConfig
     axis_name: str = "embed"
@@ -56,10 +64,7 @@ class RMSNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
         scale = _param(self, "scale", (dim,), (self.axis_name,), nn.initializers.ones)
-        x32 = x.astype(jnp.float32)
-        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
-        normed = (x32 * jax.lax.rsqrt(var + self.config.rms_norm_eps)).astype(x.dtype)
-        return scale.astype(x.dtype) * normed
+        return rms_norm(x, scale, self.config.rms_norm_eps)
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
