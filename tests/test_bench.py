@@ -30,6 +30,10 @@ def test_quick_bench_reports_every_decode_and_sweep_field(capsys):
     assert sweep["budgets"] == [8, 16, 24, 32]
     assert sweep["ratio"] == pytest.approx(sweep["sweep_s"] / sweep["separate_s"])
     assert "update" not in result
+    tail = result["long_tail"]
+    assert tail["requests"] == 16 and tail["emitted_tokens"] > 16 * 8
+    assert tail["ratio"] == pytest.approx(tail["engine_tokens_per_s"] / tail["lockstep_tokens_per_s"], rel=1e-6)
+    assert 0 < tail["engine_slot_utilisation"] <= 1
 
 
 def test_matmul_floor_runs_the_products_of_the_decode_layout(monkeypatch):

@@ -76,3 +76,40 @@ def test_generate_missing_model_subprocess(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"e1jax generate: error: model directory not found: {tmp_path / 'nope'}"]
+
+
+def test_generate_per_prompt_budgets_from_jsonl(model_dir, capsys, tmp_path):
+    """Each .jsonl line may set its own budgets; the engine decodes them together and each sample
+    keeps its own; the same samples as the lockstep sampler's for the same seed."""
+    from e1jax.models.hf import load_model
+    from e1jax.sampling import SamplingParams, generate
+    from e1jax.task import Task
+    from e1jax.tokenizer import Tokenizer
+
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"problem": "1 + 2", "think_budget": 2, "solution_budget": 3},
+            {"problem": "3 + 4 + 5"},
+            {"problem": "6 + 7", "think_budget": 9, "solution_budget": 1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli(["generate", "--model", str(model_dir), "--prompts-file", str(path), "--think-budget", "5",
+                              "--solution-budget", "4", "--n", "3", "--temperature", "1.0", "--top-p", "1.0",
+                              "--seed", "7", "--slots", "4", "--json"], capsys)
+    assert code == 0, err
+    assert "generate" in err and "sample" in err  # the progress bar
+    records = [json.loads(line) for line in out.splitlines()]
+    limits = [(2, 3), (5, 4), (9, 1)]
+    for i, r in enumerate(records):
+        t, s = limits[i // 3]
+        assert r["thinking_tokens"] <= t and r["solution_tokens"] <= s
+    task = Task(Tokenizer.load(model_dir))
+    config, params = load_model(model_dir)
+    ref = generate(config, params, [task.prompt_for_text(r["problem"]) for r in rows], ids=task.special_ids,
+                   think_budget=[2, 5, 9], solution_budget=[3, 4, 1], sampling=SamplingParams(1.0, 1.0), n=3, seed=7)
+    assert [r["token_ids"] for r in records] == [ref.response_ids(i) for i in range(len(ref))]
+
+
+def test_generate_bad_budget_line_is_refused(model_dir, capsys, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"problem": "1 + 2", "think_budget": 0}\n')
+    code, _, err = run_cli(["generate", "--model", str(model_dir), "--prompts-file", str(path)], capsys)
+    assert code == 1 and "bad.jsonl line 1: 'think_budget' must be a positive integer, got 0" in err

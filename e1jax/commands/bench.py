@@ -1,4 +1,5 @@
-"""`e1jax bench`: decode throughput vs transformers, the memory roofline, the budget sweep, the update step."""
+"""`e1jax bench`: decode throughput vs transformers, the memory roofline, the engine on a long tail,
+the budget sweep, the update step."""
 
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ def register(subparsers) -> None:
     parser.add_argument("--tiny-batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--peak-flops", type=float, default=None, help="accelerator peak FLOP/s, for the update's model FLOP utilisation")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: decode,sweep,update")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: decode,long_tail,sweep,update")
+    parser.add_argument("--long-tail-requests", type=int, default=256,
+                        help="requests of the long-tail case (engine vs lockstep, lengths median = longest / 4)")
+    parser.add_argument("--long-tail-longest", type=int, default=1024)
+    parser.add_argument("--long-tail-slots", type=int, default=32)
     parser.set_defaults(func=run)
 
 
@@ -72,6 +77,15 @@ def run(args: argparse.Namespace) -> int:
         tiny_batch = 8 if args.quick else args.tiny_batch
         rows += decode_case("tiny", tiny, [tiny_batch], 32, 16 if args.quick else 128, bandwidth, peer, log)
         result["decode"] = rows
+
+    if "long_tail" not in skip:
+        from e1jax.bench.long_tail import long_tail_case
+
+        tiny = TINY.replace(param_dtype=dtype, dtype=dtype)
+        sizes = dict(requests=16, slots=4, longest=64) if args.quick else dict(
+            requests=args.long_tail_requests, slots=args.long_tail_slots, longest=args.long_tail_longest)
+        result["long_tail"] = {"model": "tiny", **long_tail_case(tiny, prompt_len=32, log=log, **sizes)}
+        log(json.dumps(result["long_tail"]))
 
     if "sweep" not in skip:
         budgets = [8, 16, 24, 32] if args.quick else [64, 128, 192, 256]
@@ -111,6 +125,11 @@ def format_report(result: dict) -> str:
         if "roofline_tokens_per_s" in row:
             line += f" | roofline {row['roofline_tokens_per_s']:.1f} tok/s ({100 * row['roofline_fraction']:.0f}%)"
         lines.append(line)
+    if "long_tail" in result:
+        t = result["long_tail"]
+        lines.append(f"long tail ({t['requests']} requests, {t['slots']} slots, lengths median {t['median_length']:.0f} "
+                     f"max {t['longest']}): engine {t['engine_tokens_per_s']:.1f} tok/s | lockstep "
+                     f"{t['lockstep_tokens_per_s']:.1f} tok/s | ratio {t['ratio']:.2f}")
     if "sweep" in result:
         s = result["sweep"]
         lines.append(f"sweep {s['budgets']}: {s['sweep_s']:.2f}s vs separate {s['separate_s']:.2f}s (ratio {s['ratio']:.2f})")

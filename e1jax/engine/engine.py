@@ -107,7 +107,10 @@ class Engine:
                  *, max_response: int, max_prompt: int, sampling: SamplingParams = SamplingParams(), seed: int = 0,
                  eos_in_thinking: prepare.EosInThinking = "stop", progress: bool = False) -> None:
         self.config, self.ids, self.engine = config, ids, engine
-        self.weights = params if isinstance(params, DecodeWeights) else DecodeWeights.of(config, params)
+        weights = params if isinstance(params, DecodeWeights) else DecodeWeights.of(config, params)
+        # one device holds the engine (the weights gathered there when they were spread over a mesh)
+        self.device = jax.local_devices()[0]
+        self.weights = jax.device_put(weights, self.device)
         self.width, self.max_prompt = max_response, max_prompt
         self.seed, self.eos_forces_close = seed, eos_in_thinking == "append_close"
         self.eos_in_thinking = eos_in_thinking
