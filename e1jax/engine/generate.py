@@ -40,22 +40,9 @@ def engine_generate(
     count = len(prompts)
     if not count:
         raise E1Error("no prompts given")
-    if n < 1:
-        raise E1Error(f"n must be >= 1, got {n}")
-    if mode not in ("elastic", "plain"):
-        raise E1Error(f"mode must be elastic or plain, got {mode}")
-    plain = mode == "plain"
-    if plain:
-        if max_new_tokens is None:
-            raise E1Error("plain mode needs max_new_tokens")
-        tb = np.ones(count, np.int64)
-        sb = prepare.per_prompt(max_new_tokens, count, "max_new_tokens")
-        prepare.check_context(config, prompts, ids=ids, max_new_tokens=sb, max_prompt_len=max_prompt_len)
-    else:
-        tb = prepare.per_prompt(think_budget, count, "thinking budget")
-        sb = prepare.per_prompt(solution_budget, count, "solution budget")
-        prepare.check_context(config, prompts, ids=ids, think_budget=tb, solution_budget=sb,
-                              max_prompt_len=max_prompt_len)
+    plain, tb, sb = prepare.request_budgets(config, prompts, ids=ids, mode=mode, n=n, think_budget=think_budget,
+                                            solution_budget=solution_budget, max_new_tokens=max_new_tokens,
+                                            max_prompt_len=max_prompt_len)
     stream = np.arange(count * n) if sample_ids is None else np.asarray(sample_ids, np.int64)
     if stream.shape != (count * n,):
         raise E1Error(f"sample_ids must have one id per sample ({count * n})")

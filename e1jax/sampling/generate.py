@@ -119,21 +119,9 @@ def generate(
     """Generate n samples per prompt (token ids, no padding) in elastic or plain mode."""
     prompts = [list(map(int, p)) for p in prompts]
     count = len(prompts)
-    if n < 1:
-        raise E1Error(f"n must be >= 1, got {n}")
-    plain = mode == "plain"
-    if mode not in ("elastic", "plain"):
-        raise E1Error(f"mode must be elastic or plain, got {mode}")
-    if plain:
-        if max_new_tokens is None:
-            raise E1Error("plain mode needs max_new_tokens")
-        tb = np.ones(count, np.int64)
-        sb = prepare.per_prompt(max_new_tokens, count, "max_new_tokens")
-        prepare.check_context(config, prompts, ids=ids, max_new_tokens=sb, max_prompt_len=max_prompt_len)
-    else:
-        tb = prepare.per_prompt(think_budget, count, "thinking budget")
-        sb = prepare.per_prompt(solution_budget, count, "solution budget")
-        prepare.check_context(config, prompts, ids=ids, think_budget=tb, solution_budget=sb, max_prompt_len=max_prompt_len)
+    plain, tb, sb = prepare.request_budgets(config, prompts, ids=ids, mode=mode, n=n, think_budget=think_budget,
+                                            solution_budget=solution_budget, max_new_tokens=max_new_tokens,
+                                            max_prompt_len=max_prompt_len)
 
     shapes = DecodeShapes.of(count, max(len(p) for p in prompts), n=n, steps=decode_steps(tb, sb, ids, plain, eos_in_thinking),
                              mesh=mesh, plain=plain, eos_in_thinking=eos_in_thinking)

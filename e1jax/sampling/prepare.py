@@ -232,6 +232,29 @@ def loop_settings(sampling: SamplingParams, ids: SpecialIds, max_steps: int) -> 
     )
 
 
+def request_budgets(config: Any, prompts: Sequence[Sequence[int]], *, ids: SpecialIds, mode: str, n: int,
+                    think_budget: int | Sequence[int], solution_budget: int | Sequence[int],
+                    max_new_tokens: int | Sequence[int] | None, max_prompt_len: int | None
+                    ) -> tuple[bool, np.ndarray, np.ndarray]:
+    """(plain, thinking budgets, solution budgets) per prompt of a generate request, after its
+    checks (n, mode, budgets, the context); plain mode's solution budget is max_new_tokens."""
+    count = len(prompts)
+    if n < 1:
+        raise E1Error(f"n must be >= 1, got {n}")
+    if mode not in ("elastic", "plain"):
+        raise E1Error(f"mode must be elastic or plain, got {mode}")
+    if mode == "plain":
+        if max_new_tokens is None:
+            raise E1Error("plain mode needs max_new_tokens")
+        sb = per_prompt(max_new_tokens, count, "max_new_tokens")
+        check_context(config, prompts, ids=ids, max_new_tokens=sb, max_prompt_len=max_prompt_len)
+        return True, np.ones(count, np.int64), sb
+    tb = per_prompt(think_budget, count, "thinking budget")
+    sb = per_prompt(solution_budget, count, "solution budget")
+    check_context(config, prompts, ids=ids, think_budget=tb, solution_budget=sb, max_prompt_len=max_prompt_len)
+    return False, tb, sb
+
+
 # ---------------------------------------------------------------- outputs
 
 
