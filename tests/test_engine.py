@@ -2,7 +2,6 @@
 budgets (mixed per-request budgets, plain lengths, the original's EOS rule, evictions under a
 small page pool), its ragged attention equals the gathered one, and its errors."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,22 +12,13 @@ from e1jax.errors import E1Error
 from e1jax.models import ModelConfig
 from e1jax.models.params import init_params
 from e1jax.sampling import SamplingParams, SpecialIds, generate
-
-CLOSE, EOS, PAD = 5, 1, 0
-IDS = SpecialIds(think_close_ids=(CLOSE,), eos_ids=(EOS, 2), pad_id=PAD)
-# A tiny vocabulary makes </think> and EOS come up naturally under sampling.
-SMALL = ModelConfig("qwen2", 12, 32, 64, 2, 4, 2, 8, max_position_embeddings=512)
-QWEN3 = ModelConfig("qwen3", 64, 32, 64, 2, 4, 2, 8, max_position_embeddings=512)
+from test_sampler import CLOSE, IDS, PAD, SMALL, prompts_for as _prompts
+from test_sampler import MODEL as QWEN3
 
 
 @pytest.fixture(scope="module")
 def small_params():
     return init_params(SMALL, 0)
-
-
-def _prompts(vocab, count, seed=0):
-    rng = np.random.RandomState(seed)
-    return [list(rng.randint(6, vocab, rng.randint(2, 9))) for _ in range(count)]
 
 
 def _engine_run(config, params, prompts, tb, sb, n, seed, sampling, engine=EngineConfig(slots=4, page_size=4,

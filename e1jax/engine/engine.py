@@ -140,15 +140,14 @@ class Engine:
             raise E1Error("a request's prompt is empty")
         if len(prompt) > self.max_prompt:
             raise E1Error(f"a prompt of {len(prompt)} tokens is longer than the engine's max_prompt {self.max_prompt}")
-        if _steps(request, self.ids, self.eos_in_thinking) > self.width:
-            raise E1Error(f"a request may write {_steps(request, self.ids, self.eos_in_thinking)} tokens, more than "
-                          f"the engine's max_response {self.width}")
+        steps = _steps(request, self.ids, self.eos_in_thinking)
+        if steps > self.width:
+            raise E1Error(f"a request may write {steps} tokens, more than the engine's max_response {self.width}")
         if request.solution_budget < 1 or (request.think_budget is not None and request.think_budget < 1):
             raise E1Error(f"request budgets must be positive, got {request.think_budget}/{request.solution_budget}")
-        need = math.ceil((len(prompt) + _steps(request, self.ids, self.eos_in_thinking) + 1) / self.engine.page_size)
+        need = math.ceil((len(prompt) + steps + 1) / self.engine.page_size)
         if need > self.pool_pages:
-            raise E1Error(f"a request of {len(prompt)} prompt tokens and up to "
-                          f"{_steps(request, self.ids, self.eos_in_thinking)} new ones needs {need} KV pages; "
+            raise E1Error(f"a request of {len(prompt)} prompt tokens and up to {steps} new ones needs {need} KV pages; "
                           f"kv_tokens={self.engine.kv_tokens} holds {self.pool_pages}")
         self.queue.append(dataclasses.replace(request, prompt=prompt))
 
